@@ -1,0 +1,231 @@
+//! The behaviour every [`MetadataStore`] backend must show. Each backend's tests call
+//! [`run_all`] on a fresh, empty store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::{ChunkCommit, CommitOutcome, MetadataError, MetadataStore, ObjectCommit, Topic};
+
+/// Runs every check in order on one empty store; panics (test failure) on the first mismatch.
+pub async fn run_all(store: Arc<dyn MetadataStore>) {
+    topics(store.as_ref()).await;
+    commits_assign_dense_offsets(store.as_ref()).await;
+    retried_commit_returns_first_offsets(store.as_ref()).await;
+    unknown_partition_in_commit(store.as_ref()).await;
+    batch_lookups(store.as_ref()).await;
+    concurrent_commits(store.clone()).await;
+}
+
+fn chunk(topic: &Topic, partition: i32, offset_count: i64, max_timestamp: i64) -> ChunkCommit {
+    ChunkCommit {
+        topic: topic.id,
+        partition,
+        offset_count,
+        max_timestamp,
+        position: 0,
+        size: 100,
+    }
+}
+
+fn object(id: &str, chunks: Vec<ChunkCommit>) -> ObjectCommit {
+    ObjectCommit {
+        object_id: id.to_string(),
+        size: chunks.iter().map(|c| c.size).sum(),
+        chunks,
+    }
+}
+
+async fn topics(store: &dyn MetadataStore) {
+    let configs = BTreeMap::from([("retention.ms".to_string(), "1000".to_string())]);
+    let created = store.create_topic("t-admin", 3, configs.clone()).await.unwrap();
+    assert_eq!(created.partitions, 3);
+    assert_eq!(store.topic("t-admin").await.unwrap(), Some(created.clone()));
+    assert!(matches!(
+        store.create_topic("t-admin", 1, BTreeMap::new()).await,
+        Err(MetadataError::TopicExists(_))
+    ));
+    assert!(matches!(
+        store.create_topic("t-zero", 0, BTreeMap::new()).await,
+        Err(MetadataError::InvalidPartitions(_))
+    ));
+    let grown = store.create_partitions("t-admin", 5).await.unwrap();
+    assert_eq!(grown.partitions, 5);
+    assert_eq!(
+        store.partition_offsets(grown.id, 4).await.unwrap().high_watermark,
+        0
+    );
+    assert!(matches!(
+        store.create_partitions("t-admin", 5).await,
+        Err(MetadataError::InvalidPartitions(_))
+    ));
+    let new_configs = BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
+    let altered = store
+        .set_topic_configs("t-admin", new_configs.clone())
+        .await
+        .unwrap();
+    assert_eq!(altered.configs, new_configs);
+    assert_eq!(store.topic("t-admin").await.unwrap().unwrap().configs, new_configs);
+    assert!(
+        store
+            .list_topics()
+            .await
+            .unwrap()
+            .iter()
+            .any(|t| t.name == "t-admin")
+    );
+    store.delete_topic("t-admin").await.unwrap();
+    assert_eq!(store.topic("t-admin").await.unwrap(), None);
+    assert!(matches!(
+        store.delete_topic("t-admin").await,
+        Err(MetadataError::UnknownTopic(_))
+    ));
+    let again = store.create_topic("t-admin", 1, BTreeMap::new()).await.unwrap();
+    assert_ne!(again.id, created.id, "a recreated topic is a new topic");
+    store.delete_topic("t-admin").await.unwrap();
+}
+
+async fn commits_assign_dense_offsets(store: &dyn MetadataStore) {
+    let t = store.create_topic("t-dense", 2, BTreeMap::new()).await.unwrap();
+    let first = store
+        .commit_object(&object(
+            "obj-dense-1",
+            vec![chunk(&t, 0, 5, 10), chunk(&t, 1, 2, 10)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        vec![
+            CommitOutcome::Committed { base_offset: 0 },
+            CommitOutcome::Committed { base_offset: 0 }
+        ]
+    );
+    let second = store
+        .commit_object(&object("obj-dense-2", vec![chunk(&t, 0, 3, 20)]))
+        .await
+        .unwrap();
+    assert_eq!(second, vec![CommitOutcome::Committed { base_offset: 5 }]);
+    let offsets = store.partition_offsets(t.id, 0).await.unwrap();
+    assert_eq!((offsets.log_start_offset, offsets.high_watermark), (0, 8));
+    assert_eq!(store.partition_offsets(t.id, 1).await.unwrap().high_watermark, 2);
+}
+
+async fn retried_commit_returns_first_offsets(store: &dyn MetadataStore) {
+    let t = store.create_topic("t-retry", 1, BTreeMap::new()).await.unwrap();
+    let commit = object("obj-retry", vec![chunk(&t, 0, 4, 1)]);
+    let first = store.commit_object(&commit).await.unwrap();
+    store
+        .commit_object(&object("obj-retry-other", vec![chunk(&t, 0, 1, 1)]))
+        .await
+        .unwrap();
+    let retried = store.commit_object(&commit).await.unwrap();
+    assert_eq!(first, retried);
+    assert_eq!(store.partition_offsets(t.id, 0).await.unwrap().high_watermark, 5);
+}
+
+async fn unknown_partition_in_commit(store: &dyn MetadataStore) {
+    let t = store.create_topic("t-unknown", 1, BTreeMap::new()).await.unwrap();
+    let outcomes = store
+        .commit_object(&object(
+            "obj-unknown",
+            vec![chunk(&t, 7, 1, 1), chunk(&t, 0, 1, 1)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            CommitOutcome::UnknownPartition,
+            CommitOutcome::Committed { base_offset: 0 }
+        ]
+    );
+}
+
+async fn batch_lookups(store: &dyn MetadataStore) {
+    let t = store.create_topic("t-lookup", 1, BTreeMap::new()).await.unwrap();
+    for (i, ts) in [100, 300, 200, 400].into_iter().enumerate() {
+        store
+            .commit_object(&object(&format!("obj-lookup-{i}"), vec![chunk(&t, 0, 10, ts)]))
+            .await
+            .unwrap();
+    }
+    let all = store.batches(t.id, 0, 0, u64::MAX).await.unwrap();
+    assert_eq!(
+        all.iter().map(|b| (b.base_offset, b.last_offset)).collect::<Vec<_>>(),
+        vec![(0, 9), (10, 19), (20, 29), (30, 39)]
+    );
+    let mid = store.batches(t.id, 0, 15, 150).await.unwrap();
+    assert_eq!(
+        mid.iter().map(|b| b.base_offset).collect::<Vec<_>>(),
+        vec![10],
+        "byte budget of 150 fits one 100-byte chunk"
+    );
+    let tiny = store.batches(t.id, 0, 35, 1).await.unwrap();
+    assert_eq!(tiny.len(), 1, "at least one row even over the budget");
+    assert!(store.batches(t.id, 0, 40, u64::MAX).await.unwrap().is_empty());
+    let by_ts = store.batch_for_timestamp(t.id, 0, 250).await.unwrap().unwrap();
+    assert_eq!(by_ts.base_offset, 10);
+    assert!(store.batch_for_timestamp(t.id, 0, 401).await.unwrap().is_none());
+    let max = store.batch_with_max_timestamp(t.id, 0).await.unwrap().unwrap();
+    assert_eq!((max.base_offset, max.max_timestamp), (30, 400));
+}
+
+async fn concurrent_commits(store: Arc<dyn MetadataStore>) {
+    let t = store.create_topic("t-concurrent", 4, BTreeMap::new()).await.unwrap();
+    let mut tasks = Vec::new();
+    for writer in 0..8 {
+        let store = store.clone();
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut bases = Vec::new();
+            for i in 0..20 {
+                // Every object touches the partitions in a writer-specific order.
+                let mut chunks: Vec<_> = (0..4).map(|p| chunk(&t, p, 1 + p as i64, 1)).collect();
+                chunks.rotate_left(writer % 4);
+                let outcomes = store
+                    .commit_object(&object(&format!("obj-c-{writer}-{i}"), chunks.clone()))
+                    .await
+                    .unwrap();
+                for (c, o) in chunks.iter().zip(outcomes) {
+                    let CommitOutcome::Committed { base_offset } = o else {
+                        panic!("commit refused: {o:?}")
+                    };
+                    bases.push((c.partition, base_offset, c.offset_count));
+                }
+            }
+            bases
+        }));
+    }
+    let mut per_partition: BTreeMap<i32, Vec<(i64, i64)>> = BTreeMap::new();
+    for task in tasks {
+        for (p, base, count) in task.await.unwrap() {
+            per_partition.entry(p).or_default().push((base, count));
+        }
+    }
+    for (p, mut ranges) in per_partition {
+        ranges.sort();
+        let mut next = 0;
+        for (base, count) in ranges {
+            assert_eq!(base, next, "offsets of partition {p} are dense");
+            next += count;
+        }
+        assert_eq!(store.partition_offsets(t.id, p).await.unwrap().high_watermark, next);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_file_backend_conforms() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/meta/metadata.db", dir.path().display());
+        let store = crate::open(&url).await.unwrap();
+        super::run_all(store).await;
+    }
+
+    #[tokio::test]
+    async fn bad_urls_are_refused() {
+        assert!(crate::open("mysql://x").await.is_err());
+        assert!(crate::open("not a url").await.is_err());
+    }
+}

@@ -1,0 +1,430 @@
+//! The embedded single-node backend: one SQLite database file.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use crate::{
+    BatchIndexEntry, CommitOutcome, MetadataError, MetadataStore, ObjectCommit, PartitionOffsets,
+    Result, Topic, TopicId,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// SQLite sequencer. Writers take the database lock up front (`BEGIN IMMEDIATE`), so
+/// concurrent commits queue instead of failing on a lock upgrade.
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) and migrates the database at `url`
+    /// (`sqlite://path/metadata.db` or `sqlite::memory:`).
+    pub async fn open(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| MetadataError::InvalidUrl {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // Acknowledged means committed: every commit reaches the disk before we answer.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(30));
+        if let Some(dir) = std::path::Path::new(options.get_filename()).parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| MetadataError::InvalidUrl {
+                url: url.to_string(),
+                reason: format!("cannot create directory {}: {e}", dir.display()),
+            })?;
+        }
+        let in_memory = url.contains(":memory:");
+        let pool = SqlitePoolOptions::new()
+            // An in-memory database lives in one connection only.
+            .max_connections(if in_memory { 1 } else { 8 })
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    async fn write(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+fn topic_id_from(bytes: &[u8]) -> Result<TopicId> {
+    TopicId::from_slice(bytes).map_err(|e| MetadataError::Corrupt(format!("topic id: {e}")))
+}
+
+async fn load_topic(
+    conn: &mut sqlx::SqliteConnection,
+    row: sqlx::sqlite::SqliteRow,
+) -> Result<Topic> {
+    let id = topic_id_from(row.try_get::<&[u8], _>("id")?)?;
+    let configs = sqlx::query("SELECT name, value FROM topic_configs WHERE topic_id = ?")
+        .bind(id.as_bytes().as_slice())
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|r| Ok((r.try_get("name")?, r.try_get("value")?)))
+        .collect::<Result<BTreeMap<String, String>>>()?;
+    Ok(Topic {
+        id,
+        name: row.try_get("name")?,
+        partitions: row.try_get("partitions")?,
+        configs,
+    })
+}
+
+async fn topic_by_name(conn: &mut sqlx::SqliteConnection, name: &str) -> Result<Option<Topic>> {
+    let row = sqlx::query("SELECT id, name, partitions FROM topics WHERE name = ?")
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match row {
+        Some(row) => Ok(Some(load_topic(conn, row).await?)),
+        None => Ok(None),
+    }
+}
+
+async fn insert_partitions(
+    conn: &mut sqlx::SqliteConnection,
+    topic: TopicId,
+    range: std::ops::Range<i32>,
+) -> Result<()> {
+    for partition in range {
+        sqlx::query("INSERT INTO partitions (topic_id, partition) VALUES (?, ?)")
+            .bind(topic.as_bytes().as_slice())
+            .bind(partition)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn replace_configs(
+    conn: &mut sqlx::SqliteConnection,
+    topic: TopicId,
+    configs: &BTreeMap<String, String>,
+) -> Result<()> {
+    sqlx::query("DELETE FROM topic_configs WHERE topic_id = ?")
+        .bind(topic.as_bytes().as_slice())
+        .execute(&mut *conn)
+        .await?;
+    for (name, value) in configs {
+        sqlx::query("INSERT INTO topic_configs (topic_id, name, value) VALUES (?, ?, ?)")
+            .bind(topic.as_bytes().as_slice())
+            .bind(name)
+            .bind(value)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+fn entry_from(row: &sqlx::sqlite::SqliteRow) -> Result<BatchIndexEntry> {
+    Ok(BatchIndexEntry {
+        base_offset: row.try_get("base_offset")?,
+        last_offset: row.try_get("last_offset")?,
+        max_timestamp: row.try_get("max_timestamp")?,
+        object_id: row.try_get("object_id")?,
+        position: row.try_get::<i64, _>("position")? as u64,
+        size: row.try_get::<i64, _>("size")? as u64,
+    })
+}
+
+#[async_trait]
+impl MetadataStore for SqliteStore {
+    async fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<Topic> {
+        if partitions < 1 {
+            return Err(MetadataError::InvalidPartitions(format!(
+                "a topic needs at least one partition, got {partitions}"
+            )));
+        }
+        let mut tx = self.write().await?;
+        if topic_by_name(&mut tx, name).await?.is_some() {
+            return Err(MetadataError::TopicExists(name.to_string()));
+        }
+        let id = TopicId::new_v4();
+        sqlx::query(
+            "INSERT INTO topics (id, name, partitions, created_at_ms) VALUES (?, ?, ?, ?)",
+        )
+        .bind(id.as_bytes().as_slice())
+        .bind(name)
+        .bind(partitions)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        insert_partitions(&mut tx, id, 0..partitions).await?;
+        replace_configs(&mut tx, id, &configs).await?;
+        tx.commit().await?;
+        Ok(Topic {
+            id,
+            name: name.to_string(),
+            partitions,
+            configs,
+        })
+    }
+
+    async fn delete_topic(&self, name: &str) -> Result<()> {
+        let mut tx = self.write().await?;
+        let deleted = sqlx::query("DELETE FROM topics WHERE name = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        if deleted.rows_affected() == 0 {
+            return Err(MetadataError::UnknownTopic(name.to_string()));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_topics(&self) -> Result<Vec<Topic>> {
+        let mut conn = self.pool.acquire().await?;
+        let rows = sqlx::query("SELECT id, name, partitions FROM topics ORDER BY name")
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut topics = Vec::with_capacity(rows.len());
+        for row in rows {
+            topics.push(load_topic(&mut conn, row).await?);
+        }
+        Ok(topics)
+    }
+
+    async fn topic(&self, name: &str) -> Result<Option<Topic>> {
+        let mut conn = self.pool.acquire().await?;
+        topic_by_name(&mut conn, name).await
+    }
+
+    async fn create_partitions(&self, name: &str, total: i32) -> Result<Topic> {
+        let mut tx = self.write().await?;
+        let mut topic = topic_by_name(&mut tx, name)
+            .await?
+            .ok_or_else(|| MetadataError::UnknownTopic(name.to_string()))?;
+        if total <= topic.partitions {
+            return Err(MetadataError::InvalidPartitions(format!(
+                "topic `{name}` has {} partitions; the new count {total} must be larger",
+                topic.partitions
+            )));
+        }
+        insert_partitions(&mut tx, topic.id, topic.partitions..total).await?;
+        sqlx::query("UPDATE topics SET partitions = ? WHERE id = ?")
+            .bind(total)
+            .bind(topic.id.as_bytes().as_slice())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        topic.partitions = total;
+        Ok(topic)
+    }
+
+    async fn set_topic_configs(
+        &self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+    ) -> Result<Topic> {
+        let mut tx = self.write().await?;
+        let mut topic = topic_by_name(&mut tx, name)
+            .await?
+            .ok_or_else(|| MetadataError::UnknownTopic(name.to_string()))?;
+        replace_configs(&mut tx, topic.id, &configs).await?;
+        tx.commit().await?;
+        topic.configs = configs;
+        Ok(topic)
+    }
+
+    async fn commit_object(&self, object: &ObjectCommit) -> Result<Vec<CommitOutcome>> {
+        let mut tx = self.write().await?;
+        let seen = sqlx::query("SELECT 1 FROM objects WHERE id = ?")
+            .bind(&object.object_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if seen.is_some() {
+            // A retry of a commit that went through: answer with the first outcome.
+            let rows = sqlx::query(
+                "SELECT chunk_index, base_offset FROM batches WHERE object_id = ? \
+                 ORDER BY chunk_index",
+            )
+            .bind(&object.object_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut outcomes = vec![CommitOutcome::UnknownPartition; object.chunks.len()];
+            for row in rows {
+                let index: i64 = row.try_get("chunk_index")?;
+                if let Some(slot) = outcomes.get_mut(index as usize) {
+                    *slot = CommitOutcome::Committed {
+                        base_offset: row.try_get("base_offset")?,
+                    };
+                }
+            }
+            return Ok(outcomes);
+        }
+        sqlx::query("INSERT INTO objects (id, size, committed_at_ms) VALUES (?, ?, ?)")
+            .bind(&object.object_id)
+            .bind(object.size as i64)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        let mut outcomes = Vec::with_capacity(object.chunks.len());
+        for (index, chunk) in object.chunks.iter().enumerate() {
+            let advanced = sqlx::query(
+                "UPDATE partitions SET next_offset = next_offset + ? \
+                 WHERE topic_id = ? AND partition = ? RETURNING next_offset",
+            )
+            .bind(chunk.offset_count)
+            .bind(chunk.topic.as_bytes().as_slice())
+            .bind(chunk.partition)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = advanced else {
+                outcomes.push(CommitOutcome::UnknownPartition);
+                continue;
+            };
+            let next: i64 = row.try_get("next_offset")?;
+            let base_offset = next - chunk.offset_count;
+            sqlx::query(
+                "INSERT INTO batches (topic_id, partition, base_offset, last_offset, \
+                 max_timestamp, object_id, position, size, chunk_index) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(chunk.topic.as_bytes().as_slice())
+            .bind(chunk.partition)
+            .bind(base_offset)
+            .bind(next - 1)
+            .bind(chunk.max_timestamp)
+            .bind(&object.object_id)
+            .bind(chunk.position as i64)
+            .bind(chunk.size as i64)
+            .bind(index as i64)
+            .execute(&mut *tx)
+            .await?;
+            outcomes.push(CommitOutcome::Committed { base_offset });
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn partition_offsets(&self, topic: TopicId, partition: i32) -> Result<PartitionOffsets> {
+        let row = sqlx::query(
+            "SELECT next_offset, log_start_offset FROM partitions \
+             WHERE topic_id = ? AND partition = ?",
+        )
+        .bind(topic.as_bytes().as_slice())
+        .bind(partition)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| MetadataError::UnknownPartition {
+            topic: topic.to_string(),
+            partition,
+        })?;
+        Ok(PartitionOffsets {
+            log_start_offset: row.try_get("log_start_offset")?,
+            high_watermark: row.try_get("next_offset")?,
+        })
+    }
+
+    async fn batches(
+        &self,
+        topic: TopicId,
+        partition: i32,
+        from_offset: i64,
+        max_bytes: u64,
+    ) -> Result<Vec<BatchIndexEntry>> {
+        // Rows are contiguous in offsets, so a byte budget bounds the row count; fetch in
+        // pages until the budget is spent.
+        const PAGE: i64 = 64;
+        let mut entries = Vec::new();
+        let mut total = 0u64;
+        let mut from = from_offset;
+        loop {
+            let rows = sqlx::query(
+                "SELECT base_offset, last_offset, max_timestamp, object_id, position, size \
+                 FROM batches WHERE topic_id = ? AND partition = ? AND last_offset >= ? \
+                 ORDER BY base_offset LIMIT ?",
+            )
+            .bind(topic.as_bytes().as_slice())
+            .bind(partition)
+            .bind(from)
+            .bind(PAGE)
+            .fetch_all(&self.pool)
+            .await?;
+            let page_len = rows.len() as i64;
+            for row in &rows {
+                let entry = entry_from(row)?;
+                if !entries.is_empty() && total + entry.size > max_bytes {
+                    return Ok(entries);
+                }
+                total += entry.size;
+                from = entry.last_offset + 1;
+                entries.push(entry);
+            }
+            if page_len < PAGE || total >= max_bytes {
+                return Ok(entries);
+            }
+        }
+    }
+
+    async fn batch_for_timestamp(
+        &self,
+        topic: TopicId,
+        partition: i32,
+        timestamp: i64,
+    ) -> Result<Option<BatchIndexEntry>> {
+        let row = sqlx::query(
+            "SELECT b.base_offset, b.last_offset, b.max_timestamp, b.object_id, b.position, \
+             b.size FROM batches b JOIN partitions p \
+             ON p.topic_id = b.topic_id AND p.partition = b.partition \
+             WHERE b.topic_id = ? AND b.partition = ? AND b.max_timestamp >= ? \
+             AND b.last_offset >= p.log_start_offset ORDER BY b.base_offset LIMIT 1",
+        )
+        .bind(topic.as_bytes().as_slice())
+        .bind(partition)
+        .bind(timestamp)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(entry_from).transpose()
+    }
+
+    async fn batch_with_max_timestamp(
+        &self,
+        topic: TopicId,
+        partition: i32,
+    ) -> Result<Option<BatchIndexEntry>> {
+        let row = sqlx::query(
+            "SELECT b.base_offset, b.last_offset, b.max_timestamp, b.object_id, b.position, \
+             b.size FROM batches b JOIN partitions p \
+             ON p.topic_id = b.topic_id AND p.partition = b.partition \
+             WHERE b.topic_id = ? AND b.partition = ? AND b.last_offset >= p.log_start_offset \
+             ORDER BY b.max_timestamp DESC, b.base_offset ASC LIMIT 1",
+        )
+        .bind(topic.as_bytes().as_slice())
+        .bind(partition)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(entry_from).transpose()
+    }
+}

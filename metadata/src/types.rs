@@ -1,0 +1,68 @@
+use std::collections::BTreeMap;
+
+/// A topic's stable identity (Kafka's topic id), distinct from its name so a topic deleted
+/// and created again under the same name is a different topic.
+pub type TopicId = uuid::Uuid;
+
+/// A topic as the catalog knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topic {
+    pub id: TopicId,
+    pub name: String,
+    pub partitions: i32,
+    /// Topic-level configs set explicitly (Kafka names: `retention.ms`, `cleanup.policy`, ...).
+    pub configs: BTreeMap<String, String>,
+}
+
+/// One (topic, partition) chunk of an object, as the batcher wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkCommit {
+    pub topic: TopicId,
+    pub partition: i32,
+    /// Number of offsets the chunk takes (sum of `last_offset_delta + 1` of its batches).
+    pub offset_count: i64,
+    /// Largest record timestamp in the chunk (ms since the epoch).
+    pub max_timestamp: i64,
+    /// Byte position of the chunk in the object.
+    pub position: u64,
+    /// Byte length of the chunk.
+    pub size: u64,
+}
+
+/// An object ready to be committed: its key and its chunks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectCommit {
+    /// The object's key in the object store (a ULID); never reused.
+    pub object_id: String,
+    pub size: u64,
+    pub chunks: Vec<ChunkCommit>,
+}
+
+/// What the sequencer did with one chunk of a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// The chunk was assigned offsets starting at `base_offset`.
+    Committed { base_offset: i64 },
+    /// The topic or partition no longer exists (deleted between produce and commit).
+    UnknownPartition,
+}
+
+/// Offsets bounding a partition's readable log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    /// The first offset still readable.
+    pub log_start_offset: i64,
+    /// The next offset to be assigned (Kafka's high watermark and log end offset).
+    pub high_watermark: i64,
+}
+
+/// One row of the batch index: where the chunk holding a range of offsets lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchIndexEntry {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub max_timestamp: i64,
+    pub object_id: String,
+    pub position: u64,
+    pub size: u64,
+}
