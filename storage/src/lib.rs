@@ -1,0 +1,13 @@
+//! Shoal's storage layer: Kafka record batches as raw bytes, the object format, object
+//! store access and the chunk read cache. It knows nothing of SQL or of the Kafka wire
+//! protocol beyond record batches.
+
+pub mod batch;
+pub mod cache;
+pub mod object;
+pub mod store;
+
+pub use batch::{BatchError, BatchHeader, Validated};
+pub use cache::ChunkCache;
+pub use object::{BuiltObject, ChunkInfo, ObjectBuilder, ObjectError};
+pub use store::{ObjectStorage, StorageError};

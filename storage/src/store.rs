@@ -1,0 +1,237 @@
+//! Object store access.
+//!
+//! Objects are stored under `<prefix>/<object_id>`: the storage URL names a location
+//! dedicated to Shoal's objects (`file://shoal-data/objects`, later `s3://bucket/prefix`),
+//! so no further namespace is added.
+
+use std::ops::Range;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StorageError {
+    #[error("unsupported object storage URL {0:?} (expected file://PATH)")]
+    UnsupportedUrl(String),
+    #[error("object directory {path} is not usable: {source}")]
+    LocalDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "object {object_id} already exists with {existing} bytes, expected {expected}; \
+         object keys must never be reused"
+    )]
+    Conflict {
+        object_id: String,
+        existing: u64,
+        expected: u64,
+    },
+    #[error("object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
+}
+
+/// A fresh object id. ULIDs are unique without coordination and sort by creation time,
+/// which keeps object listings in write order.
+pub fn new_object_id() -> String {
+    ulid::Ulid::generate().to_string()
+}
+
+/// Shoal's view of an object store: immutable objects addressed by id.
+#[derive(Debug, Clone)]
+pub struct ObjectStorage {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+}
+
+impl ObjectStorage {
+    /// Wraps any object store; `prefix` ("" for none) is prepended to every object key.
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str) -> Self {
+        Self {
+            store,
+            prefix: Path::from(prefix),
+        }
+    }
+
+    /// Opens the storage named by a URL. Only `file://PATH` is supported so far; PATH may
+    /// be relative (`file://shoal-data/objects`) or absolute (`file:///var/lib/shoal`).
+    ///
+    /// The directory is created and probed with a write and a delete, so a bad directory
+    /// fails at startup rather than on the first flush. Writes are fsynced: an object is
+    /// acknowledged only once durable.
+    pub fn from_url(url: &str) -> Result<ObjectStorage, StorageError> {
+        let dir = url
+            .strip_prefix("file://")
+            .filter(|path| !path.is_empty())
+            .ok_or_else(|| StorageError::UnsupportedUrl(url.to_owned()))?;
+        let dir = FsPath::new(dir);
+        probe_dir(dir).map_err(|source| StorageError::LocalDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let store = LocalFileSystem::new_with_prefix(dir)?.with_fsync(true);
+        Ok(Self::new(Arc::new(store), ""))
+    }
+
+    fn path(&self, object_id: &str) -> Path {
+        self.prefix.clone().join(object_id)
+    }
+
+    /// Writes an object without concatenating its parts, refusing to overwrite.
+    ///
+    /// A retried PUT whose first response was lost finds its own object already there: that
+    /// is accepted when the stored size matches, since object ids are never reused.
+    pub async fn put(&self, object_id: &str, parts: Vec<Bytes>) -> Result<(), StorageError> {
+        let expected: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        let path = self.path(object_id);
+        let options = PutOptions::from(PutMode::Create);
+        match self
+            .store
+            .put_opts(&path, PutPayload::from_iter(parts), options)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let existing = self.store.head(&path).await?.size;
+                if existing != expected {
+                    return Err(StorageError::Conflict {
+                        object_id: object_id.to_owned(),
+                        existing,
+                        expected,
+                    });
+                }
+                tracing::warn!(object_id, "object already stored by an earlier attempt");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads a byte range of an object.
+    pub async fn get_range(
+        &self,
+        object_id: &str,
+        range: Range<u64>,
+    ) -> Result<Bytes, StorageError> {
+        Ok(self.store.get_range(&self.path(object_id), range).await?)
+    }
+
+    /// Reads a whole object.
+    pub async fn get(&self, object_id: &str) -> Result<Bytes, StorageError> {
+        Ok(self.store.get(&self.path(object_id)).await?.bytes().await?)
+    }
+
+    /// Deletes an object. Deleting a missing object succeeds, so retried deletes are
+    /// harmless (S3 behaves this way; the local store would report NotFound).
+    pub async fn delete(&self, object_id: &str) -> Result<(), StorageError> {
+        match self.store.delete(&self.path(object_id)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Creates `dir` and checks that files can be written and removed in it.
+fn probe_dir(dir: &FsPath) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(format!(".shoal-probe-{}", new_object_id()));
+    std::fs::write(&probe, b"probe")?;
+    std::fs::remove_file(&probe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts() -> Vec<Bytes> {
+        vec![
+            Bytes::from_static(b"hello "),
+            Bytes::from_static(b"object "),
+            Bytes::from_static(b"store"),
+        ]
+    }
+
+    fn open(dir: &tempfile::TempDir) -> ObjectStorage {
+        ObjectStorage::from_url(&format!("file://{}/objects", dir.path().display())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn put_get_range_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        let id = new_object_id();
+        storage.put(&id, parts()).await.unwrap();
+        assert!(dir.path().join("objects").join(&id).is_file());
+        assert_eq!(&storage.get(&id).await.unwrap()[..], b"hello object store");
+        assert_eq!(&storage.get_range(&id, 6..12).await.unwrap()[..], b"object");
+        storage.delete(&id).await.unwrap();
+        storage.delete(&id).await.unwrap();
+        assert!(matches!(
+            storage.get(&id).await,
+            Err(StorageError::ObjectStore(
+                object_store::Error::NotFound { .. }
+            ))
+        ));
+    }
+
+    #[tokio::test]
+    async fn retried_put_is_accepted_only_if_same_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        let id = new_object_id();
+        storage.put(&id, parts()).await.unwrap();
+        storage.put(&id, parts()).await.unwrap();
+        let err = storage
+            .put(&id, vec![Bytes::from_static(b"other")])
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            StorageError::Conflict {
+                existing: 18,
+                expected: 5,
+                ..
+            }
+        ));
+        assert_eq!(&storage.get(&id).await.unwrap()[..], b"hello object store");
+    }
+
+    #[test]
+    fn relative_urls_and_bad_urls() {
+        // A relative path, resolved against the working directory (the crate's directory).
+        let dir = tempfile::tempdir_in(".").unwrap();
+        let name = dir.path().file_name().unwrap().to_str().unwrap();
+        ObjectStorage::from_url(&format!("file://{name}/shoal-data/objects")).unwrap();
+        assert!(dir.path().join("shoal-data/objects").is_dir());
+
+        for url in ["s3://bucket/prefix", "file://", "shoal-data"] {
+            assert!(matches!(
+                ObjectStorage::from_url(url),
+                Err(StorageError::UnsupportedUrl(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn unusable_directory_fails_at_startup() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"").unwrap();
+        let err = ObjectStorage::from_url(&format!("file://{}", file.display())).unwrap_err();
+        assert!(matches!(err, StorageError::LocalDir { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn prefix_is_prepended() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+        let storage = ObjectStorage::new(Arc::new(local), "cluster/a");
+        storage.put("x", parts()).await.unwrap();
+        assert!(dir.path().join("cluster/a/x").is_file());
+    }
+}
