@@ -1,0 +1,170 @@
+//! An agent's lifecycle: open the sequencer and the object store, listen, serve, and stop
+//! without losing what producers were told is stored.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_storage::{ChunkCache, ObjectStorage};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{Context, Node};
+use crate::batcher::{Batcher, BatcherConfig, FlushContext};
+use crate::catalog::Catalog;
+use crate::config::AgentConfig;
+use crate::connection;
+use crate::reader::Reader;
+
+/// How long a stopping agent waits for connections to finish their in-flight requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Why an agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration cannot work (bad URL, unusable directory, port in use).
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// A running agent.
+pub struct Agent {
+    local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<()>,
+    batcher: JoinHandle<()>,
+}
+
+impl Agent {
+    /// Opens storage and metadata, binds the listener and starts serving.
+    pub async fn start(config: AgentConfig) -> Result<Agent, StartError> {
+        let storage =
+            Arc::new(ObjectStorage::from_url(&config.objects_url).map_err(|e| {
+                StartError::Config(format!("--objects {}: {e}", config.objects_url))
+            })?);
+        let store = shoal_metadata::open(&config.metadata_url)
+            .await
+            .map_err(|e| StartError::Config(format!("--metadata {}: {e}", config.metadata_url)))?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| StartError::Config(format!("--listen {}: {e}", config.listen)))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Runtime(format!("listener address: {e}")))?;
+        let node = advertised_node(&config, local_addr)?;
+
+        let catalog = Catalog::new(store.clone());
+        catalog
+            .reload()
+            .await
+            .map_err(|e| StartError::Runtime(format!("cannot load topics: {e}")))?;
+        let cache = Arc::new(ChunkCache::new(config.cache_bytes));
+        let (commits_tx, commits) = watch::channel(0u64);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (batcher, batcher_task) = Batcher::start(
+            BatcherConfig {
+                flush_interval: config.flush_interval,
+                flush_bytes: config.flush_bytes,
+            },
+            FlushContext {
+                storage: storage.clone(),
+                store: store.clone(),
+                cache: cache.clone(),
+                commits: Arc::new(commits_tx),
+            },
+            shutdown_rx.clone(),
+        );
+        let ctx = Arc::new(Context {
+            reader: Reader::new(store, storage, cache),
+            config,
+            catalog,
+            batcher,
+            commits,
+            shutdown: shutdown_rx,
+            node,
+            cluster_id: "shoal".to_string(),
+        });
+        let server = tokio::spawn(accept_loop(listener, ctx));
+        Ok(Agent {
+            local_addr,
+            shutdown,
+            server,
+            batcher: batcher_task,
+        })
+    }
+
+    /// The address the Kafka listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, answers in-flight requests, flushes and commits pending batches.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.server.await;
+        let _ = self.batcher.await;
+    }
+}
+
+fn advertised_node(config: &AgentConfig, local: SocketAddr) -> Result<Node, StartError> {
+    let (host, port) = match &config.advertise {
+        Some(advertise) => {
+            let (host, port) = advertise.rsplit_once(':').ok_or_else(|| {
+                StartError::Config(format!("--advertise {advertise}: expected HOST:PORT"))
+            })?;
+            let port = port.parse::<u16>().map_err(|_| {
+                StartError::Config(format!("--advertise {advertise}: `{port}` is not a port"))
+            })?;
+            (host.trim_matches(['[', ']']).to_string(), port)
+        }
+        None => {
+            if local.ip().is_unspecified() {
+                tracing::warn!(
+                    %local,
+                    "listening on all interfaces without --advertise; clients are told 127.0.0.1"
+                );
+                ("127.0.0.1".to_string(), local.port())
+            } else {
+                (local.ip().to_string(), local.port())
+            }
+        }
+    };
+    Ok(Node {
+        id: 1,
+        host,
+        port: i32::from(port),
+        rack: config.zone.clone(),
+    })
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Arc<Context>) {
+    let mut shutdown = ctx.shutdown.clone();
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(connection::serve(stream, ctx.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("connections still busy after the drain timeout; closing them");
+        connections.abort_all();
+    }
+}

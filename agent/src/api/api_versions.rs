@@ -1,0 +1,90 @@
+//! ApiVersions: which APIs and versions this agent speaks.
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
+
+use super::RequestContext;
+
+/// An implemented API: the versions advertised, and the lowest one actually decoded.
+pub struct Supported {
+    pub key: ApiKey,
+    pub min: i16,
+    pub max: i16,
+    pub min_accepted: i16,
+}
+
+const fn api(key: ApiKey, min: i16, max: i16) -> Supported {
+    Supported {
+        key,
+        min,
+        max,
+        min_accepted: min,
+    }
+}
+
+/// The implemented APIs. Produce is advertised from v0 as Kafka 4 does (older librdkafka
+/// turns compression off when it is not), though versions below 3 are refused.
+pub const SUPPORTED: &[Supported] = &[
+    Supported {
+        key: ApiKey::Produce,
+        min: 0,
+        max: 13,
+        min_accepted: 3,
+    },
+    api(ApiKey::Fetch, 4, 18),
+    api(ApiKey::ListOffsets, 1, 10),
+    api(ApiKey::Metadata, 0, 13),
+    api(ApiKey::ApiVersions, 0, 4),
+    api(ApiKey::CreateTopics, 2, 7),
+    api(ApiKey::DeleteTopics, 1, 6),
+    api(ApiKey::DescribeConfigs, 1, 4),
+    api(ApiKey::AlterConfigs, 0, 2),
+    api(ApiKey::CreatePartitions, 0, 3),
+    api(ApiKey::IncrementalAlterConfigs, 0, 1),
+    api(ApiKey::DescribeCluster, 0, 2),
+];
+
+/// Whether a request of this key and version can be decoded and answered: an implemented
+/// API in its accepted range, or an unimplemented one the codec knows (it gets the API's
+/// own error).
+pub fn accepts(key: ApiKey, version: i16) -> bool {
+    match SUPPORTED.iter().find(|s| s.key == key) {
+        Some(s) => (s.min_accepted..=s.max).contains(&version),
+        None => {
+            let range = key.valid_versions();
+            (range.min..=range.max).contains(&version)
+        }
+    }
+}
+
+fn api_keys() -> Vec<ApiVersion> {
+    SUPPORTED
+        .iter()
+        .map(|s| {
+            ApiVersion::default()
+                .with_api_key(s.key as i16)
+                .with_min_version(s.min)
+                .with_max_version(s.max)
+        })
+        .collect()
+}
+
+pub fn handle(ctx: &RequestContext, request: ApiVersionsRequest) -> ApiVersionsResponse {
+    if ctx.version >= 3 {
+        tracing::debug!(
+            client_id = ctx.client_id.as_deref().unwrap_or(""),
+            software = %request.client_software_name,
+            software_version = %request.client_software_version,
+            "client connected"
+        );
+    }
+    ApiVersionsResponse::default().with_api_keys(api_keys())
+}
+
+/// The KIP-511 answer to an ApiVersions version we do not know, encoded as v0.
+pub fn fallback() -> ApiVersionsResponse {
+    ApiVersionsResponse::default()
+        .with_error_code(ResponseError::UnsupportedVersion.code())
+        .with_api_keys(api_keys())
+}

@@ -1,0 +1,171 @@
+//! Fetch: reads partitions from the batch index and objects, honours the byte limits, and
+//! parks until new data is committed or `max_wait_ms` passes.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_request::FetchTopic;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+use tokio::time::Instant;
+
+use super::{Context, RequestContext, metadata_error_code};
+use crate::reader::ReadError;
+
+/// Longest a fetch may park, whatever the client asks, so a stopping agent is not held up.
+const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
+/// How often a parked fetch looks again without a local commit, so data committed by other
+/// writers of the same sequencer is seen.
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+pub async fn handle(
+    ctx: &Context,
+    request_ctx: &RequestContext,
+    request: FetchRequest,
+) -> FetchResponse {
+    let wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
+    let deadline = Instant::now() + wait;
+    let min_bytes = request.min_bytes.max(0) as u64;
+    let max_bytes = if request.max_bytes <= 0 {
+        u64::MAX
+    } else {
+        request.max_bytes as u64
+    };
+    let mut commits = ctx.commits.clone();
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        commits.mark_unchanged();
+        let (responses, total) =
+            read_all(ctx, request_ctx.version, &request.topics, max_bytes).await;
+        let now = Instant::now();
+        if total >= min_bytes.max(1) || now >= deadline || *shutdown.borrow() {
+            return FetchResponse::default()
+                .with_session_id(0)
+                .with_responses(responses);
+        }
+        let poll = (now + POLL_INTERVAL).min(deadline);
+        tokio::select! {
+            _ = commits.changed() => {}
+            _ = shutdown.changed() => {}
+            _ = tokio::time::sleep_until(poll) => {}
+        }
+    }
+}
+
+async fn read_all(
+    ctx: &Context,
+    version: i16,
+    topics: &[FetchTopic],
+    max_bytes: u64,
+) -> (Vec<FetchableTopicResponse>, u64) {
+    let by_id = version >= 13;
+    let mut total = 0u64;
+    let mut responses = Vec::with_capacity(topics.len());
+    for topic in topics {
+        let entry = if by_id {
+            ctx.catalog.by_id(topic.topic_id).await
+        } else {
+            ctx.catalog.by_name(topic.topic.as_str()).await
+        };
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for p in &topic.partitions {
+            let response = PartitionData::default()
+                .with_partition_index(p.partition)
+                .with_high_watermark(-1)
+                .with_last_stable_offset(-1)
+                .with_log_start_offset(-1)
+                .with_preferred_read_replica(BrokerId(-1));
+            let entry = match &entry {
+                Ok(Some(entry)) if (0..entry.topic.partitions).contains(&p.partition) => entry,
+                Ok(Some(_)) => {
+                    partitions.push(
+                        response.with_error_code(ResponseError::UnknownTopicOrPartition.code()),
+                    );
+                    continue;
+                }
+                Ok(None) => {
+                    let code = if by_id {
+                        ResponseError::UnknownTopicId.code()
+                    } else {
+                        ResponseError::UnknownTopicOrPartition.code()
+                    };
+                    partitions.push(response.with_error_code(code));
+                    continue;
+                }
+                Err(e) => {
+                    partitions.push(response.with_error_code(metadata_error_code(e)));
+                    continue;
+                }
+            };
+            let budget = (p.partition_max_bytes.max(0) as u64).min(max_bytes.saturating_sub(total));
+            match read_partition(
+                ctx,
+                entry.topic.id,
+                p.partition,
+                p.fetch_offset,
+                budget,
+                total == 0,
+            )
+            .await
+            {
+                Ok((offsets, records)) => {
+                    total += records.len() as u64;
+                    partitions.push(
+                        response
+                            .with_high_watermark(offsets.high_watermark)
+                            .with_last_stable_offset(offsets.high_watermark)
+                            .with_log_start_offset(offsets.log_start_offset)
+                            .with_aborted_transactions(Some(Vec::new()))
+                            .with_records(Some(records)),
+                    );
+                }
+                Err(code) => partitions.push(response.with_error_code(code)),
+            }
+        }
+        responses.push(
+            FetchableTopicResponse::default()
+                .with_topic(topic.topic.clone())
+                .with_topic_id(topic.topic_id)
+                .with_partitions(partitions),
+        );
+    }
+    (responses, total)
+}
+
+async fn read_partition(
+    ctx: &Context,
+    topic: shoal_metadata::TopicId,
+    partition: i32,
+    fetch_offset: i64,
+    budget: u64,
+    first: bool,
+) -> Result<(shoal_metadata::PartitionOffsets, Bytes), i16> {
+    let offsets = ctx
+        .reader
+        .offsets(topic, partition)
+        .await
+        .map_err(|e| read_error_code(&e))?;
+    if fetch_offset < offsets.log_start_offset || fetch_offset > offsets.high_watermark {
+        return Err(ResponseError::OffsetOutOfRange.code());
+    }
+    if fetch_offset == offsets.high_watermark || (budget == 0 && !first) {
+        return Ok((offsets, Bytes::new()));
+    }
+    let records = ctx
+        .reader
+        .read(topic, partition, fetch_offset, budget, first)
+        .await
+        .map_err(|e| read_error_code(&e))?;
+    Ok((offsets, records))
+}
+
+fn read_error_code(e: &ReadError) -> i16 {
+    tracing::warn!(error = %e, "fetch: partition read failed");
+    match e {
+        ReadError::Metadata(e) => metadata_error_code(e),
+        ReadError::Storage(_) | ReadError::Corrupt { .. } => {
+            ResponseError::KafkaStorageError.code()
+        }
+    }
+}

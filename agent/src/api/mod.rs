@@ -1,0 +1,173 @@
+//! The Kafka APIs: request parsing, dispatch to one module per API, response encoding.
+
+mod api_versions;
+mod cluster;
+mod configs;
+mod fetch;
+mod list_offsets;
+mod metadata;
+mod produce;
+mod topics;
+mod unsupported;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use tokio::sync::watch;
+
+use crate::batcher::Batcher;
+use crate::catalog::Catalog;
+use crate::config::AgentConfig;
+use crate::reader::Reader;
+
+/// Everything a request handler may use; one per agent, shared by all connections.
+pub struct Context {
+    pub config: AgentConfig,
+    pub catalog: Catalog,
+    pub batcher: Batcher,
+    pub reader: Reader,
+    /// Bumped after every commit; parked fetches wait on it.
+    pub commits: watch::Receiver<u64>,
+    /// Turns true when the agent stops.
+    pub shutdown: watch::Receiver<bool>,
+    pub node: Node,
+    pub cluster_id: String,
+}
+
+/// This agent as Metadata describes it.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub id: i32,
+    pub host: String,
+    pub port: i32,
+    pub rack: Option<String>,
+}
+
+/// A response frame to write, `None` for requests that get no answer (acks=0 produce), or
+/// the reason to close the connection.
+pub type Outcome = Result<Option<Bytes>, String>;
+
+/// A framed request whose header has been read; the body is decoded by its handler.
+pub struct Request {
+    pub api_key: ApiKey,
+    pub version: i16,
+    pub header: RequestHeader,
+    pub body: Bytes,
+}
+
+impl Request {
+    /// Reads the request header. Unknown API keys and versions outside what we accept
+    /// (except ApiVersions, which has a fallback answer) close the connection, as in Kafka.
+    pub fn parse(mut frame: Bytes) -> Result<Request, String> {
+        if frame.len() < 8 {
+            return Err(format!(
+                "request frame of {} bytes is too short",
+                frame.len()
+            ));
+        }
+        let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
+        let version = i16::from_be_bytes([frame[2], frame[3]]);
+        let api_key =
+            ApiKey::try_from(raw_key).map_err(|_| format!("unknown API key {raw_key}"))?;
+        if api_key != ApiKey::ApiVersions && !api_versions::accepts(api_key, version) {
+            return Err(format!(
+                "unsupported version {version} of {api_key:?} (see ApiVersions)"
+            ));
+        }
+        let header_version = api_key.request_header_version(version);
+        let header = RequestHeader::decode(&mut frame, header_version)
+            .map_err(|e| format!("malformed {api_key:?} request header: {e}"))?;
+        Ok(Request {
+            api_key,
+            version,
+            header,
+            body: frame,
+        })
+    }
+}
+
+/// Runs one request and encodes its response frame.
+pub async fn handle(ctx: &Context, request: Request) -> Outcome {
+    let Request {
+        api_key,
+        version,
+        header,
+        mut body,
+    } = request;
+    if api_key == ApiKey::ApiVersions && !api_versions::accepts(api_key, version) {
+        // KIP-511: answer in v0 with UNSUPPORTED_VERSION and our ranges, so the client can
+        // pick a version it shares with us.
+        let response = api_versions::fallback();
+        return encode(api_key, 0, header.correlation_id, &response.into()).map(Some);
+    }
+    let decoded = RequestKind::decode(api_key, &mut body, version)
+        .map_err(|e| format!("malformed {api_key:?} v{version} request: {e}"))?;
+    let request_ctx = RequestContext {
+        version,
+        client_id: header.client_id.as_ref().map(|s| s.to_string()),
+    };
+    let response: ResponseKind = match decoded {
+        RequestKind::ApiVersions(r) => api_versions::handle(&request_ctx, r).into(),
+        RequestKind::Metadata(r) => metadata::handle(ctx, &request_ctx, r).await.into(),
+        RequestKind::Produce(r) => match produce::handle(ctx, &request_ctx, r).await {
+            Some(response) => response.into(),
+            None => return Ok(None),
+        },
+        RequestKind::Fetch(r) => fetch::handle(ctx, &request_ctx, r).await.into(),
+        RequestKind::ListOffsets(r) => list_offsets::handle(ctx, r).await.into(),
+        RequestKind::CreateTopics(r) => topics::create_topics(ctx, &request_ctx, r).await.into(),
+        RequestKind::DeleteTopics(r) => topics::delete_topics(ctx, &request_ctx, r).await.into(),
+        RequestKind::CreatePartitions(r) => topics::create_partitions(ctx, r).await.into(),
+        RequestKind::DescribeConfigs(r) => configs::describe(ctx, r).await.into(),
+        RequestKind::AlterConfigs(r) => configs::alter(ctx, r).await.into(),
+        RequestKind::IncrementalAlterConfigs(r) => configs::incremental_alter(ctx, r).await.into(),
+        RequestKind::DescribeCluster(r) => cluster::describe(ctx, r).into(),
+        other => match unsupported::response(other) {
+            Some(response) => response,
+            None => return Err(format!("{api_key:?} is not supported")),
+        },
+    };
+    encode(api_key, version, header.correlation_id, &response).map(Some)
+}
+
+/// What handlers need to know about the request beyond its body.
+pub struct RequestContext {
+    pub version: i16,
+    pub client_id: Option<String>,
+}
+
+fn encode(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    response: &ResponseKind,
+) -> Result<Bytes, String> {
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let header_version = response.header_version(version);
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_u32(0);
+    header
+        .encode(&mut buf, header_version)
+        .and_then(|_| response.encode(&mut buf, version))
+        .map_err(|e| format!("cannot encode {api_key:?} v{version} response: {e}"))?;
+    let len = (buf.len() - 4) as u32;
+    buf[0..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+/// Shorthand for the protocol's string type.
+pub fn str_bytes(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+/// The Kafka error code of a sequencer failure.
+pub fn metadata_error_code(e: &shoal_metadata::MetadataError) -> i16 {
+    use kafka_protocol::error::ResponseError as E;
+    use shoal_metadata::MetadataError as M;
+    match e {
+        M::TopicExists(_) => E::TopicAlreadyExists.code(),
+        M::UnknownTopic(_) | M::UnknownPartition { .. } => E::UnknownTopicOrPartition.code(),
+        M::InvalidPartitions(_) => E::InvalidPartitions.code(),
+        _ => E::KafkaStorageError.code(),
+    }
+}

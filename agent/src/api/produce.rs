@@ -1,0 +1,152 @@
+//! Produce: validates each partition's batches, hands them to the batcher, and answers once
+//! the object holding them is durable and committed.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use futures::future::join_all;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use shoal_storage::batch::{self, BatchError};
+
+use super::{Context, RequestContext, metadata_error_code};
+use crate::batcher::{Append, AppendError, Batcher};
+use crate::catalog::TopicEntry;
+
+/// Answers a produce request; `None` for acks=0, which gets no response.
+pub async fn handle(
+    ctx: &Context,
+    request_ctx: &RequestContext,
+    request: ProduceRequest,
+) -> Option<ProduceResponse> {
+    let acks = request.acks;
+    let by_id = request_ctx.version >= 13;
+    let mut topics = Vec::with_capacity(request.topic_data.len());
+    for topic_data in request.topic_data {
+        let found = if by_id {
+            ctx.catalog.by_id(topic_data.topic_id).await
+        } else {
+            ctx.catalog.by_name(topic_data.name.as_str()).await
+        };
+        let entry = match found {
+            _ if !matches!(acks, 0 | 1 | -1) => Err(ResponseError::InvalidRequiredAcks.code()),
+            Ok(Some(entry)) => Ok(entry),
+            Ok(None) if by_id => Err(ResponseError::UnknownTopicId.code()),
+            Ok(None) => Err(ResponseError::UnknownTopicOrPartition.code()),
+            Err(e) => Err(metadata_error_code(&e)),
+        };
+        let partitions = topic_data
+            .partition_data
+            .into_iter()
+            .map(|p| produce_partition(ctx.batcher.clone(), entry.clone(), p.index, p.records));
+        topics.push((topic_data.name, topic_data.topic_id, join_all(partitions)));
+    }
+    if acks == 0 {
+        // Nobody waits for the answer, but the records still go through the batcher.
+        let work = join_all(topics.into_iter().map(|(_, _, p)| p));
+        tokio::spawn(work);
+        return None;
+    }
+    let mut responses = Vec::with_capacity(topics.len());
+    for (name, topic_id, partitions) in topics {
+        responses.push(
+            TopicProduceResponse::default()
+                .with_name(name)
+                .with_topic_id(topic_id)
+                .with_partition_responses(partitions.await),
+        );
+    }
+    Some(ProduceResponse::default().with_responses(responses))
+}
+
+async fn produce_partition(
+    batcher: Batcher,
+    entry: Result<Arc<TopicEntry>, i16>,
+    index: i32,
+    records: Option<Bytes>,
+) -> PartitionProduceResponse {
+    let result = match entry.and_then(|entry| prepare(&entry, index, records)) {
+        Ok(prepared) => batcher
+            .append(prepared.append)
+            .await
+            .map(|base| (base, prepared.log_append_time))
+            .map_err(append_error_code),
+        Err(code) => Err(code),
+    };
+    partition_response(index, result)
+}
+
+struct Prepared {
+    append: Append,
+    /// The time stamped into LogAppendTime batches, reported back to the producer.
+    log_append_time: Option<i64>,
+}
+
+/// Validates one partition's batches and shapes them for the batcher.
+fn prepare(entry: &TopicEntry, partition: i32, records: Option<Bytes>) -> Result<Prepared, i16> {
+    if partition < 0 || partition >= entry.topic.partitions {
+        return Err(ResponseError::UnknownTopicOrPartition.code());
+    }
+    let records = records.unwrap_or_default();
+    let validated = batch::validate(&records, entry.settings.max_message_bytes)
+        .map_err(|e: BatchError| e.kafka_error_code())?;
+    let (batches, max_timestamp, log_append_time) = if entry.settings.log_append_time {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default();
+        (stamp(&records, now)?, now, Some(now))
+    } else {
+        (records, validated.max_timestamp, None)
+    };
+    Ok(Prepared {
+        append: Append {
+            topic: entry.topic.id,
+            partition,
+            batches,
+            offset_count: validated.offset_count,
+            max_timestamp,
+        },
+        log_append_time,
+    })
+}
+
+/// Copies the batches and stamps each with the broker's time (a fresh CRC included).
+fn stamp(records: &Bytes, now: i64) -> Result<Bytes, i16> {
+    let mut copy = BytesMut::from(records.as_ref());
+    let ranges = batch::batches(records)
+        .map(|item| item.map(|(_, range)| range))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.kafka_error_code())?;
+    for range in ranges {
+        batch::set_log_append_time(&mut copy[range], now);
+    }
+    Ok(copy.freeze())
+}
+
+fn append_error_code(e: AppendError) -> i16 {
+    match e {
+        AppendError::Storage(_) | AppendError::Commit(_) => ResponseError::KafkaStorageError.code(),
+        AppendError::UnknownPartition => ResponseError::UnknownTopicOrPartition.code(),
+        // The client refreshes its metadata and retries on another agent.
+        AppendError::ShuttingDown => ResponseError::NotLeaderOrFollower.code(),
+    }
+}
+
+fn partition_response(
+    index: i32,
+    result: Result<(i64, Option<i64>), i16>,
+) -> PartitionProduceResponse {
+    let response = PartitionProduceResponse::default()
+        .with_index(index)
+        .with_log_start_offset(-1)
+        .with_log_append_time_ms(-1);
+    match result {
+        Ok((base_offset, log_append_time)) => response
+            .with_base_offset(base_offset)
+            .with_log_append_time_ms(log_append_time.unwrap_or(-1)),
+        Err(code) => response.with_error_code(code).with_base_offset(-1),
+    }
+}

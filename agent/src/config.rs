@@ -1,0 +1,139 @@
+//! The agent's configuration: flags with environment fallbacks, parsed once at start.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Default flush interval on object stores, where each PUT costs tens of milliseconds.
+pub const DEFAULT_FLUSH_INTERVAL_OBJECT_STORE: Duration = Duration::from_millis(250);
+/// Default flush interval for a local directory, where a write costs little and a laptop user
+/// expects low latency.
+pub const DEFAULT_FLUSH_INTERVAL_LOCAL: Duration = Duration::from_millis(5);
+
+/// `shoal agent` flags.
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// Kafka listener address (in a container: 0.0.0.0:9092).
+    #[arg(long, env = "SHOAL_LISTEN", default_value = "127.0.0.1:9092")]
+    pub listen: SocketAddr,
+
+    /// HOST:PORT that Metadata tells clients to connect to (default: the listen address).
+    #[arg(long, env = "SHOAL_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// Metadata sequencer URL: sqlite://PATH (created if missing).
+    #[arg(
+        long,
+        env = "SHOAL_METADATA",
+        default_value = "sqlite://shoal-data/metadata.db"
+    )]
+    pub metadata: String,
+
+    /// Object storage URL: file://DIRECTORY (created if missing).
+    #[arg(
+        long,
+        env = "SHOAL_OBJECTS",
+        default_value = "file://shoal-data/objects"
+    )]
+    pub objects: String,
+
+    /// Availability zone of this agent.
+    #[arg(long, env = "SHOAL_ZONE")]
+    pub zone: Option<String>,
+
+    /// Longest time a produced batch waits before its object is flushed (e.g. 250ms).
+    /// Default: 5ms for a local directory, 250ms for object stores.
+    #[arg(long, env = "SHOAL_FLUSH_INTERVAL", value_parser = humantime::parse_duration)]
+    pub flush_interval: Option<Duration>,
+
+    /// Object size that triggers a flush at once (e.g. 4MiB).
+    #[arg(long, env = "SHOAL_FLUSH_BYTES", default_value = "4MiB", value_parser = parse_bytes)]
+    pub flush_bytes: u64,
+
+    /// Create unknown topics on Metadata requests that ask for it, as Kafka's
+    /// auto.create.topics.enable.
+    #[arg(long, env = "SHOAL_AUTO_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_create_topics: bool,
+
+    /// Partition count of auto-created topics and of CreateTopics without one (num.partitions).
+    #[arg(long, env = "SHOAL_NUM_PARTITIONS", default_value_t = 1,
+          value_parser = clap::value_parser!(i32).range(1..=100_000))]
+    pub num_partitions: i32,
+
+    /// Largest request frame accepted (socket.request.max.bytes); larger frames close the
+    /// connection.
+    #[arg(long, env = "SHOAL_MAX_REQUEST_BYTES", default_value = "100MiB", value_parser = parse_bytes)]
+    pub max_request_bytes: u64,
+
+    /// Memory for recently written and read chunks.
+    #[arg(long, env = "SHOAL_CACHE_BYTES", default_value = "256MiB", value_parser = parse_bytes)]
+    pub cache_bytes: u64,
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    s.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("`{s}` is not a size like 4MiB: {e}"))
+}
+
+/// The configuration an agent runs with, resolved from [`AgentArgs`].
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub listen: SocketAddr,
+    pub advertise: Option<String>,
+    pub metadata_url: String,
+    pub objects_url: String,
+    pub zone: Option<String>,
+    pub flush_interval: Duration,
+    pub flush_bytes: u64,
+    pub auto_create_topics: bool,
+    pub num_partitions: i32,
+    pub max_request_bytes: u64,
+    pub cache_bytes: u64,
+}
+
+impl AgentConfig {
+    /// A single-node configuration storing everything under `dir`, listening on `listen`.
+    pub fn local(dir: &std::path::Path, listen: SocketAddr) -> Self {
+        AgentArgs {
+            listen,
+            advertise: None,
+            metadata: format!("sqlite://{}/metadata.db", dir.display()),
+            objects: format!("file://{}/objects", dir.display()),
+            zone: None,
+            flush_interval: None,
+            flush_bytes: 4 << 20,
+            auto_create_topics: true,
+            num_partitions: 1,
+            max_request_bytes: 100 << 20,
+            cache_bytes: 256 << 20,
+        }
+        .into()
+    }
+}
+
+impl From<AgentArgs> for AgentConfig {
+    fn from(args: AgentArgs) -> Self {
+        let flush_interval = args
+            .flush_interval
+            .unwrap_or(if args.objects.starts_with("file:") {
+                DEFAULT_FLUSH_INTERVAL_LOCAL
+            } else {
+                DEFAULT_FLUSH_INTERVAL_OBJECT_STORE
+            });
+        AgentConfig {
+            listen: args.listen,
+            advertise: args.advertise,
+            metadata_url: args.metadata,
+            objects_url: args.objects,
+            zone: args.zone,
+            flush_interval,
+            flush_bytes: args.flush_bytes.max(1),
+            auto_create_topics: args.auto_create_topics,
+            num_partitions: args.num_partitions,
+            max_request_bytes: args.max_request_bytes,
+            cache_bytes: args.cache_bytes,
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! One client connection: reads length-prefixed frames, runs requests concurrently, and
+//! writes the responses back in request order, as Kafka clients require.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::api::{self, Context};
+
+/// Requests of one connection being processed at once; more wait in the socket buffer.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// Serves a connection until the client closes it, sends a frame we refuse, or the agent
+/// stops. A bad frame ends this connection only.
+pub async fn serve(stream: TcpStream, ctx: Arc<Context>) {
+    let peer = stream.peer_addr().ok();
+    let _ = stream.set_nodelay(true);
+    let (mut reader, writer) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<tokio::task::JoinHandle<api::Outcome>>(MAX_IN_FLIGHT);
+    let (closed_tx, mut closed_rx) = tokio::sync::oneshot::channel::<()>();
+
+    let write_loop = tokio::spawn(async move {
+        let _closed = closed_tx;
+        let mut writer = BufWriter::new(writer);
+        while let Some(handle) = rx.recv().await {
+            let response = match handle.await {
+                Ok(Ok(response)) => response,
+                Ok(Err(reason)) => {
+                    tracing::warn!(?peer, %reason, "closing connection");
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(?peer, error = %e, "request handler failed; closing connection");
+                    return;
+                }
+            };
+            if let Some(frame) = response
+                && writer.write_all(&frame).await.is_err()
+            {
+                return;
+            }
+            if rx.is_empty() && writer.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.flush().await;
+    });
+
+    let max_frame = ctx.config.max_request_bytes;
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        let frame = tokio::select! {
+            frame = read_frame(&mut reader, max_frame) => frame,
+            _ = shutdown.changed() => break,
+            _ = &mut closed_rx => break,
+        };
+        let frame = match frame {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(reason) => {
+                tracing::warn!(?peer, %reason, "closing connection");
+                break;
+            }
+        };
+        let request = match api::Request::parse(frame) {
+            Ok(request) => request,
+            Err(reason) => {
+                tracing::warn!(?peer, %reason, "closing connection");
+                break;
+            }
+        };
+        let ctx = ctx.clone();
+        let handle = tokio::spawn(async move { api::handle(&ctx, request).await });
+        if tx.send(handle).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = write_loop.await;
+}
+
+/// Reads one frame: `Ok(None)` on a clean end of stream, `Err` on a frame we refuse.
+async fn read_frame(
+    reader: &mut tokio::net::tcp::OwnedReadHalf,
+    max_frame: u64,
+) -> Result<Option<Bytes>, String> {
+    let mut len = [0u8; 4];
+    match reader.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(format!("read failed: {e}")),
+    }
+    let len = i32::from_be_bytes(len);
+    if len < 0 || len as u64 > max_frame {
+        return Err(format!(
+            "frame of {len} bytes refused (limit {max_frame} bytes)"
+        ));
+    }
+    let mut frame = BytesMut::zeroed(len as usize);
+    reader
+        .read_exact(&mut frame)
+        .await
+        .map_err(|e| format!("truncated frame: {e}"))?;
+    Ok(Some(frame.freeze()))
+}

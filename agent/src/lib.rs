@@ -1,0 +1,15 @@
+//! The Shoal agent: a Kafka endpoint whose records live in immutable objects and whose
+//! order lives in a metadata sequencer.
+
+mod agent;
+mod api;
+mod batcher;
+mod catalog;
+mod config;
+mod connection;
+mod names;
+mod reader;
+mod topic_config;
+
+pub use agent::{Agent, StartError};
+pub use config::{AgentArgs, AgentConfig};

@@ -1,0 +1,84 @@
+//! `shoal`: the command line of the Shoal agent.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use shoal_agent::{Agent, AgentArgs, AgentConfig, StartError};
+use tracing_subscriber::EnvFilter;
+
+/// jemalloc reserves huge allocations lazily, so a frame that claims billions of array
+/// elements costs address space, not memory, before its decode fails.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Shoal: a diskless, Kafka-compatible streaming agent. Records are stored as immutable
+/// objects; their order is committed to a metadata sequencer.
+#[derive(Parser)]
+#[command(name = "shoal", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an agent: a Kafka endpoint that stores records in an object store.
+    Agent(AgentArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("shoal: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match cli.command {
+        Command::Agent(args) => runtime.block_on(run_agent(args.into())),
+    }
+}
+
+async fn run_agent(config: AgentConfig) -> ExitCode {
+    let agent = match Agent::start(config).await {
+        Ok(agent) => agent,
+        Err(e @ StartError::Config(_)) => {
+            eprintln!("shoal: {e}");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("shoal: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(listen = %agent.local_addr(), "shoal agent ready");
+    wait_for_signal().await;
+    tracing::info!("stopping: flushing pending writes");
+    agent.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The read path: finds the chunks holding a partition's offsets through the batch index,
+//! reads them through the chunk cache (then the object store), and cuts them to the batches
+//! a fetch asked for, with their committed base offsets in place.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use shoal_metadata::{BatchIndexEntry, MetadataError, MetadataStore, PartitionOffsets, TopicId};
+use shoal_storage::batch::{BatchError, BatchHeader, batches, patch_base_offsets};
+use shoal_storage::{ChunkCache, ObjectStorage, StorageError};
+
+/// Why a partition read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("stored chunk of object {object_id} is corrupt: {source}")]
+    Corrupt {
+        object_id: String,
+        source: BatchError,
+    },
+}
+
+/// Reads partitions for Fetch and ListOffsets.
+#[derive(Clone)]
+pub struct Reader {
+    store: Arc<dyn MetadataStore>,
+    storage: Arc<ObjectStorage>,
+    cache: Arc<ChunkCache>,
+}
+
+impl Reader {
+    pub fn new(
+        store: Arc<dyn MetadataStore>,
+        storage: Arc<ObjectStorage>,
+        cache: Arc<ChunkCache>,
+    ) -> Self {
+        Self {
+            store,
+            storage,
+            cache,
+        }
+    }
+
+    pub async fn offsets(
+        &self,
+        topic: TopicId,
+        partition: i32,
+    ) -> Result<PartitionOffsets, ReadError> {
+        Ok(self.store.partition_offsets(topic, partition).await?)
+    }
+
+    /// Reads batches from `offset` on, up to `max_bytes` (but always at least one whole batch
+    /// when `at_least_one`, as Kafka does so a batch larger than the limit still gets
+    /// through). The caller has checked that `offset` is inside the log.
+    pub async fn read(
+        &self,
+        topic: TopicId,
+        partition: i32,
+        offset: i64,
+        max_bytes: u64,
+        at_least_one: bool,
+    ) -> Result<Bytes, ReadError> {
+        let entries = self
+            .store
+            .batches(topic, partition, offset, max_bytes)
+            .await?;
+        let mut out: Vec<Bytes> = Vec::new();
+        let mut total = 0u64;
+        'chunks: for entry in entries {
+            let chunk = self.chunk(&entry).await?;
+            let mut start = None;
+            let mut end = 0;
+            for item in batches(&chunk) {
+                let (header, range) = item.map_err(|source| ReadError::Corrupt {
+                    object_id: entry.object_id.clone(),
+                    source,
+                })?;
+                if header.base_offset + header.offset_count() <= offset {
+                    continue;
+                }
+                let len = range.len() as u64;
+                let fits = total + len <= max_bytes || (at_least_one && total == 0);
+                if !fits {
+                    if let Some(s) = start {
+                        out.push(chunk.slice(s..end));
+                    }
+                    break 'chunks;
+                }
+                start.get_or_insert(range.start);
+                end = range.end;
+                total += len;
+            }
+            if let Some(s) = start {
+                out.push(chunk.slice(s..end));
+            }
+        }
+        Ok(match out.len() {
+            0 => Bytes::new(),
+            1 => out.pop().unwrap_or_default(),
+            _ => {
+                let mut joined = BytesMut::with_capacity(total as usize);
+                for part in out {
+                    joined.extend_from_slice(&part);
+                }
+                joined.freeze()
+            }
+        })
+    }
+
+    /// One batch index row's chunk, offsets patched: from the cache, or read once from the
+    /// object store and cached (committed offsets never change).
+    pub async fn chunk(&self, entry: &BatchIndexEntry) -> Result<Bytes, ReadError> {
+        if let Some(data) = self.cache.get(&entry.object_id, entry.position) {
+            return Ok(data);
+        }
+        let raw = self
+            .storage
+            .get_range(
+                &entry.object_id,
+                entry.position..entry.position + entry.size,
+            )
+            .await?;
+        let mut data = BytesMut::from(raw);
+        patch_base_offsets(&mut data, entry.base_offset).map_err(|source| ReadError::Corrupt {
+            object_id: entry.object_id.clone(),
+            source,
+        })?;
+        let data = data.freeze();
+        self.cache
+            .insert(&entry.object_id, entry.position, data.clone());
+        Ok(data)
+    }
+
+    /// The first record at or after `timestamp`: (offset, timestamp), for ListOffsets.
+    pub async fn offset_for_timestamp(
+        &self,
+        topic: TopicId,
+        partition: i32,
+        timestamp: i64,
+        log_start_offset: i64,
+    ) -> Result<Option<(i64, i64)>, ReadError> {
+        let Some(entry) = self
+            .store
+            .batch_for_timestamp(topic, partition, timestamp)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let chunk = self.chunk(&entry).await?;
+        self.find_record(&entry, &chunk, |ts| ts >= timestamp, log_start_offset)
+    }
+
+    /// The record with the largest timestamp (the first of equals), for MAX_TIMESTAMP.
+    pub async fn max_timestamp_offset(
+        &self,
+        topic: TopicId,
+        partition: i32,
+        log_start_offset: i64,
+    ) -> Result<Option<(i64, i64)>, ReadError> {
+        let Some(entry) = self
+            .store
+            .batch_with_max_timestamp(topic, partition)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let chunk = self.chunk(&entry).await?;
+        let max = entry.max_timestamp;
+        self.find_record(&entry, &chunk, |ts| ts >= max, log_start_offset)
+    }
+
+    /// Walks a chunk's batches and records for the first record (at or above the log start
+    /// offset) whose timestamp satisfies `wanted`.
+    fn find_record(
+        &self,
+        entry: &BatchIndexEntry,
+        chunk: &Bytes,
+        wanted: impl Fn(i64) -> bool,
+        log_start_offset: i64,
+    ) -> Result<Option<(i64, i64)>, ReadError> {
+        let corrupt = |source| ReadError::Corrupt {
+            object_id: entry.object_id.clone(),
+            source,
+        };
+        for item in batches(chunk) {
+            let (header, range) = item.map_err(corrupt)?;
+            if header.is_control()
+                || !wanted(header.max_timestamp)
+                || header.base_offset + header.offset_count() <= log_start_offset
+            {
+                continue;
+            }
+            if let Some(found) =
+                first_record(&header, chunk.slice(range), &wanted, log_start_offset)
+            {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Decodes one batch's records (decompressing as needed) to find the first wanted one.
+fn first_record(
+    header: &BatchHeader,
+    batch: Bytes,
+    wanted: &impl Fn(i64) -> bool,
+    log_start_offset: i64,
+) -> Option<(i64, i64)> {
+    if header.is_log_append_time() {
+        let offset = header.base_offset.max(log_start_offset);
+        return Some((offset, header.max_timestamp));
+    }
+    let mut buf = batch;
+    let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf).ok()?;
+    set.records
+        .iter()
+        .find(|r| r.offset >= log_start_offset && wanted(r.timestamp))
+        .map(|r| (r.offset, r.timestamp))
+}
