@@ -1,0 +1,454 @@
+//! Raw protocol behaviour: bad frames, bad batches, unknown APIs and versions, pipelining.
+//! Each case checks the agent answers with the right error or closes only that connection,
+//! and still serves everybody else.
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, JoinGroupRequest, JoinGroupResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
+    ProduceResponse, RequestHeader, TopicName,
+};
+use kafka_protocol::messages::{list_offsets_request, metadata_request, produce_request};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use shoal_tests::TestAgent;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Conn {
+    stream: TcpStream,
+}
+
+impl Conn {
+    async fn open(agent: &TestAgent) -> Conn {
+        Conn {
+            stream: TcpStream::connect(agent.addr()).await.unwrap(),
+        }
+    }
+
+    async fn send_raw(&mut self, frame: &[u8]) {
+        self.stream.write_all(frame).await.unwrap();
+    }
+
+    async fn send<R: Encodable + HeaderVersion>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        correlation_id: i32,
+        request: &R,
+    ) {
+        let header = RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation_id)
+            .with_client_id(Some(StrBytes::from_static_str("protocol-test")));
+        let mut body = BytesMut::new();
+        header
+            .encode(&mut body, R::header_version(version))
+            .unwrap();
+        request.encode(&mut body, version).unwrap();
+        let mut frame = BytesMut::new();
+        frame.put_u32(body.len() as u32);
+        frame.extend_from_slice(&body);
+        self.send_raw(&frame).await;
+    }
+
+    /// Reads one response frame: (correlation id, rest of the frame after it).
+    async fn recv(&mut self) -> Option<(i32, Bytes)> {
+        let read = async {
+            let len = self.stream.read_u32().await.ok()?;
+            let mut buf = vec![0u8; len as usize];
+            self.stream.read_exact(&mut buf).await.ok()?;
+            let correlation = i32::from_be_bytes(buf[0..4].try_into().unwrap());
+            Some((correlation, Bytes::from(buf).slice(4..)))
+        };
+        tokio::time::timeout(TIMEOUT, read)
+            .await
+            .expect("no answer in time")
+    }
+
+    async fn call<Req, Resp>(&mut self, key: ApiKey, version: i16, request: &Req) -> Resp
+    where
+        Req: Encodable + HeaderVersion,
+        Resp: Decodable + HeaderVersion,
+    {
+        self.send(key, version, 7, request).await;
+        let (correlation, mut body) = self.recv().await.expect("a response");
+        assert_eq!(correlation, 7);
+        if Resp::header_version(version) >= 1 {
+            // Flexible response headers end with an (empty) tagged-field section.
+            assert_eq!(body[0], 0);
+            body = body.slice(1..);
+        }
+        Resp::decode(&mut body, version).unwrap()
+    }
+
+    /// True once the agent has closed this connection.
+    async fn is_closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(TIMEOUT, self.stream.read(&mut byte)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+}
+
+/// The agent still answers a fresh client.
+async fn assert_serving(agent: &TestAgent) {
+    let mut conn = Conn::open(agent).await;
+    let response: ApiVersionsResponse = conn
+        .call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default())
+        .await;
+    assert_eq!(response.error_code, 0);
+}
+
+fn batch(records: usize, compression: Compression) -> Bytes {
+    let records: Vec<Record> = (0..records)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: i as i32,
+            timestamp: 1_700_000_000_000 + i as i64,
+            key: Some(Bytes::from(format!("key-{i}"))),
+            value: Some(Bytes::from(vec![b'x'; 100])),
+            headers: Default::default(),
+            delete_horizon: false,
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+fn produce(topic: &str, partition: i32, records: Bytes) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![
+            produce_request::TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partition_data(vec![
+                    produce_request::PartitionProduceData::default()
+                        .with_index(partition)
+                        .with_records(Some(records)),
+                ]),
+        ])
+}
+
+async fn create_topic(conn: &mut Conn, topic: &str) {
+    let response: MetadataResponse = conn
+        .call(
+            ApiKey::Metadata,
+            12,
+            &MetadataRequest::default()
+                .with_topics(Some(vec![
+                    metadata_request::MetadataRequestTopic::default()
+                        .with_name(Some(TopicName(StrBytes::from_string(topic.to_string())))),
+                ]))
+                .with_allow_auto_topic_creation(true),
+        )
+        .await;
+    assert_eq!(response.topics[0].error_code, 0);
+}
+
+async fn produce_error(conn: &mut Conn, topic: &str, records: Bytes) -> i16 {
+    let response: ProduceResponse = conn
+        .call(ApiKey::Produce, 9, &produce(topic, 0, records))
+        .await;
+    response.responses[0].partition_responses[0].error_code
+}
+
+async fn high_watermark(conn: &mut Conn, topic: &str) -> i64 {
+    let response: ListOffsetsResponse = conn
+        .call(
+            ApiKey::ListOffsets,
+            7,
+            &ListOffsetsRequest::default().with_topics(vec![
+                list_offsets_request::ListOffsetsTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                    .with_partitions(vec![
+                        list_offsets_request::ListOffsetsPartition::default()
+                            .with_partition_index(0)
+                            .with_timestamp(-1),
+                    ]),
+            ]),
+        )
+        .await;
+    let partition = &response.topics[0].partitions[0];
+    assert_eq!(partition.error_code, 0);
+    partition.offset
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_batches_get_errors_and_store_nothing() {
+    let agent = TestAgent::start().await;
+    let mut conn = Conn::open(&agent).await;
+    create_topic(&mut conn, "bad-batches").await;
+
+    let good = batch(10, Compression::None);
+    let mut bad_crc = BytesMut::from(good.as_ref());
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 0xff;
+    assert_eq!(
+        produce_error(&mut conn, "bad-batches", bad_crc.freeze()).await,
+        2,
+        "CORRUPT_MESSAGE"
+    );
+    assert_eq!(
+        produce_error(&mut conn, "bad-batches", good.slice(..good.len() - 3)).await,
+        2,
+        "a truncated batch is CORRUPT_MESSAGE"
+    );
+    let mut old_magic = BytesMut::from(good.as_ref());
+    old_magic[16] = 1;
+    assert_eq!(
+        produce_error(&mut conn, "bad-batches", old_magic.freeze()).await,
+        43,
+        "UNSUPPORTED_FOR_MESSAGE_FORMAT"
+    );
+    assert_eq!(
+        produce_error(&mut conn, "bad-batches", Bytes::new()).await,
+        87,
+        "INVALID_RECORD"
+    );
+    let big = batch(20_000, Compression::None);
+    assert_eq!(
+        produce_error(&mut conn, "bad-batches", big).await,
+        10,
+        "MESSAGE_TOO_LARGE over the default max.message.bytes"
+    );
+    assert_eq!(
+        produce_error(&mut conn, "no-such-topic", good.clone()).await,
+        3,
+        "UNKNOWN_TOPIC_OR_PARTITION"
+    );
+    assert_eq!(high_watermark(&mut conn, "bad-batches").await, 0);
+
+    assert_eq!(produce_error(&mut conn, "bad-batches", good).await, 0);
+    assert_eq!(high_watermark(&mut conn, "bad-batches").await, 10);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_close_only_their_connection() {
+    let agent = TestAgent::start().await;
+    let mut bystander = Conn::open(&agent).await;
+    create_topic(&mut bystander, "bystander").await;
+
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("oversized frame", (200u32 << 20).to_be_bytes().to_vec()),
+        ("negative length", (-5i32).to_be_bytes().to_vec()),
+        ("too short for a header", [0, 0, 0, 2, 0, 3].to_vec()),
+        (
+            "unknown API key",
+            frame(&[0x7f, 0x00, 0, 0, 0, 0, 0, 1, 0, 0]),
+        ),
+        (
+            "unsupported Produce version 2",
+            frame(&[0, 0, 0, 2, 0, 0, 0, 1, 0, 0]),
+        ),
+        (
+            "garbage Metadata body",
+            frame(&[
+                0, 3, 0, 12, 0, 0, 0, 1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f,
+            ]),
+        ),
+    ];
+    for (name, bytes) in cases {
+        let mut conn = Conn::open(&agent).await;
+        conn.send_raw(&bytes).await;
+        assert!(conn.is_closed().await, "{name}: connection closed");
+        assert_serving(&agent).await;
+    }
+    // The connection that did nothing wrong is untouched.
+    assert_eq!(high_watermark(&mut bystander, "bystander").await, 0);
+    agent.stop().await;
+}
+
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+/// Request header bytes for `key`/`version` with correlation id 1 and a null client id,
+/// then an empty tagged-field section when the header is flexible.
+fn header(key: i16, version: i16, flexible: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&key.to_be_bytes());
+    out.extend_from_slice(&version.to_be_bytes());
+    out.extend_from_slice(&1i32.to_be_bytes());
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    if flexible {
+        out.push(0);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_claiming_huge_arrays_do_not_take_the_agent_down() {
+    let agent = TestAgent::start().await;
+    // Each body starts with an array length of about 2^31 (or 2^32 for compact arrays) and
+    // then ends: decoding must fail without reserving memory for billions of elements.
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("Produce v3 topics", {
+            let mut b = header(0, 3, false);
+            b.extend_from_slice(&(-1i16).to_be_bytes()); // transactional id: null
+            b.extend_from_slice(&1i16.to_be_bytes()); // acks
+            b.extend_from_slice(&1000i32.to_be_bytes()); // timeout
+            b.extend_from_slice(&i32::MAX.to_be_bytes()); // topic count
+            b
+        }),
+        ("Produce v9 compact topics", {
+            let mut b = header(0, 9, true);
+            b.push(0); // transactional id: null (compact)
+            b.extend_from_slice(&1i16.to_be_bytes());
+            b.extend_from_slice(&1000i32.to_be_bytes());
+            b.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]); // varint 2^32 - 1
+            b
+        }),
+        ("Metadata v4 topics", {
+            let mut b = header(3, 4, false);
+            b.extend_from_slice(&i32::MAX.to_be_bytes());
+            b
+        }),
+        ("Fetch v4 topics", {
+            let mut b = header(1, 4, false);
+            b.extend_from_slice(&(-1i32).to_be_bytes()); // replica id
+            b.extend_from_slice(&500i32.to_be_bytes()); // max wait
+            b.extend_from_slice(&1i32.to_be_bytes()); // min bytes
+            b.extend_from_slice(&(1i32 << 20).to_be_bytes()); // max bytes
+            b.push(0); // isolation level
+            b.extend_from_slice(&i32::MAX.to_be_bytes());
+            b
+        }),
+        ("CreateTopics v2 topics", {
+            let mut b = header(19, 2, false);
+            b.extend_from_slice(&i32::MAX.to_be_bytes());
+            b
+        }),
+        ("ListOffsets v1 topics", {
+            let mut b = header(2, 1, false);
+            b.extend_from_slice(&(-1i32).to_be_bytes());
+            b.extend_from_slice(&i32::MAX.to_be_bytes());
+            b
+        }),
+    ];
+    for (name, body) in cases {
+        let mut conn = Conn::open(&agent).await;
+        conn.send_raw(&frame(&body)).await;
+        assert!(conn.is_closed().await, "{name}: connection closed");
+        assert_serving(&agent).await;
+    }
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_versions_fallback_and_unsupported_apis() {
+    let agent = TestAgent::start().await;
+    let mut conn = Conn::open(&agent).await;
+
+    // KIP-511: an ApiVersions version from the future gets a v0 answer with our ranges.
+    conn.send_raw(&frame(&header(18, 99, true))).await;
+    let (correlation, mut body) = conn.recv().await.expect("fallback answer");
+    assert_eq!(correlation, 1);
+    let fallback = ApiVersionsResponse::decode(&mut body, 0).unwrap();
+    assert_eq!(fallback.error_code, 35, "UNSUPPORTED_VERSION");
+    let produce = fallback
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == ApiKey::Produce as i16)
+        .expect("Produce advertised");
+    assert_eq!(produce.min_version, 0);
+
+    let versions: ApiVersionsResponse = conn
+        .call(
+            ApiKey::ApiVersions,
+            3,
+            &ApiVersionsRequest::default()
+                .with_client_software_name(StrBytes::from_static_str("protocol-test"))
+                .with_client_software_version(StrBytes::from_static_str("1.0")),
+        )
+        .await;
+    assert_eq!(versions.error_code, 0);
+    assert!(
+        versions
+            .api_keys
+            .iter()
+            .all(|k| k.api_key != ApiKey::JoinGroup as i16),
+        "unimplemented APIs are not advertised"
+    );
+
+    let join: JoinGroupResponse = conn
+        .call(
+            ApiKey::JoinGroup,
+            5,
+            &JoinGroupRequest::default()
+                .with_group_id(StrBytes::from_static_str("g").into())
+                .with_session_timeout_ms(10_000)
+                .with_protocol_type(StrBytes::from_static_str("consumer")),
+        )
+        .await;
+    assert_eq!(
+        join.error_code, 35,
+        "UNSUPPORTED_VERSION for an unimplemented API"
+    );
+    assert_serving(&agent).await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let agent = TestAgent::start().await;
+    let mut conn = Conn::open(&agent).await;
+    create_topic(&mut conn, "pipelined").await;
+    // Produce requests wait for a flush; metadata requests do not. Answers still come back
+    // in request order.
+    for i in 0..20 {
+        if i % 2 == 0 {
+            conn.send(
+                ApiKey::Produce,
+                9,
+                i,
+                &produce("pipelined", 0, batch(5, Compression::Lz4)),
+            )
+            .await;
+        } else {
+            conn.send(ApiKey::Metadata, 12, i, &MetadataRequest::default())
+                .await;
+        }
+    }
+    let mut offsets = Vec::new();
+    for i in 0..20 {
+        let (correlation, mut body) = conn.recv().await.expect("answer");
+        assert_eq!(correlation, i);
+        if i % 2 == 0 {
+            body = body.slice(1..);
+            let response = ProduceResponse::decode(&mut body, 9).unwrap();
+            let partition = &response.responses[0].partition_responses[0];
+            assert_eq!(partition.error_code, 0);
+            offsets.push(partition.base_offset);
+        }
+    }
+    assert_eq!(offsets, (0..10).map(|i| i * 5).collect::<Vec<_>>());
+    agent.stop().await;
+}
