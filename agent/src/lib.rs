@@ -12,4 +12,5 @@ mod reader;
 mod topic_config;
 
 pub use agent::{Agent, StartError};
+pub use api::decode_frame;
 pub use config::{AgentArgs, AgentConfig};

@@ -86,6 +86,16 @@ impl Request {
     }
 }
 
+/// Parses and decodes a request frame exactly as a connection does, without running it.
+/// Fuzz targets drive this: no input may panic or abort.
+pub fn decode_frame(frame: Bytes) -> Result<(), String> {
+    let request = Request::parse(frame)?;
+    let mut body = request.body;
+    RequestKind::decode(request.api_key, &mut body, request.version)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 /// Runs one request and encodes its response frame.
 pub async fn handle(ctx: &Context, request: Request) -> Outcome {
     let Request {
