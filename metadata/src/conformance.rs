@@ -37,7 +37,10 @@ fn object(id: &str, chunks: Vec<ChunkCommit>) -> ObjectCommit {
 
 async fn topics(store: &dyn MetadataStore) {
     let configs = BTreeMap::from([("retention.ms".to_string(), "1000".to_string())]);
-    let created = store.create_topic("t-admin", 3, configs.clone()).await.unwrap();
+    let created = store
+        .create_topic("t-admin", 3, configs.clone())
+        .await
+        .unwrap();
     assert_eq!(created.partitions, 3);
     assert_eq!(store.topic("t-admin").await.unwrap(), Some(created.clone()));
     assert!(matches!(
@@ -51,7 +54,11 @@ async fn topics(store: &dyn MetadataStore) {
     let grown = store.create_partitions("t-admin", 5).await.unwrap();
     assert_eq!(grown.partitions, 5);
     assert_eq!(
-        store.partition_offsets(grown.id, 4).await.unwrap().high_watermark,
+        store
+            .partition_offsets(grown.id, 4)
+            .await
+            .unwrap()
+            .high_watermark,
         0
     );
     assert!(matches!(
@@ -64,7 +71,10 @@ async fn topics(store: &dyn MetadataStore) {
         .await
         .unwrap();
     assert_eq!(altered.configs, new_configs);
-    assert_eq!(store.topic("t-admin").await.unwrap().unwrap().configs, new_configs);
+    assert_eq!(
+        store.topic("t-admin").await.unwrap().unwrap().configs,
+        new_configs
+    );
     assert!(
         store
             .list_topics()
@@ -79,13 +89,19 @@ async fn topics(store: &dyn MetadataStore) {
         store.delete_topic("t-admin").await,
         Err(MetadataError::UnknownTopic(_))
     ));
-    let again = store.create_topic("t-admin", 1, BTreeMap::new()).await.unwrap();
+    let again = store
+        .create_topic("t-admin", 1, BTreeMap::new())
+        .await
+        .unwrap();
     assert_ne!(again.id, created.id, "a recreated topic is a new topic");
     store.delete_topic("t-admin").await.unwrap();
 }
 
 async fn commits_assign_dense_offsets(store: &dyn MetadataStore) {
-    let t = store.create_topic("t-dense", 2, BTreeMap::new()).await.unwrap();
+    let t = store
+        .create_topic("t-dense", 2, BTreeMap::new())
+        .await
+        .unwrap();
     let first = store
         .commit_object(&object(
             "obj-dense-1",
@@ -107,11 +123,21 @@ async fn commits_assign_dense_offsets(store: &dyn MetadataStore) {
     assert_eq!(second, vec![CommitOutcome::Committed { base_offset: 5 }]);
     let offsets = store.partition_offsets(t.id, 0).await.unwrap();
     assert_eq!((offsets.log_start_offset, offsets.high_watermark), (0, 8));
-    assert_eq!(store.partition_offsets(t.id, 1).await.unwrap().high_watermark, 2);
+    assert_eq!(
+        store
+            .partition_offsets(t.id, 1)
+            .await
+            .unwrap()
+            .high_watermark,
+        2
+    );
 }
 
 async fn retried_commit_returns_first_offsets(store: &dyn MetadataStore) {
-    let t = store.create_topic("t-retry", 1, BTreeMap::new()).await.unwrap();
+    let t = store
+        .create_topic("t-retry", 1, BTreeMap::new())
+        .await
+        .unwrap();
     let commit = object("obj-retry", vec![chunk(&t, 0, 4, 1)]);
     let first = store.commit_object(&commit).await.unwrap();
     store
@@ -120,11 +146,21 @@ async fn retried_commit_returns_first_offsets(store: &dyn MetadataStore) {
         .unwrap();
     let retried = store.commit_object(&commit).await.unwrap();
     assert_eq!(first, retried);
-    assert_eq!(store.partition_offsets(t.id, 0).await.unwrap().high_watermark, 5);
+    assert_eq!(
+        store
+            .partition_offsets(t.id, 0)
+            .await
+            .unwrap()
+            .high_watermark,
+        5
+    );
 }
 
 async fn unknown_partition_in_commit(store: &dyn MetadataStore) {
-    let t = store.create_topic("t-unknown", 1, BTreeMap::new()).await.unwrap();
+    let t = store
+        .create_topic("t-unknown", 1, BTreeMap::new())
+        .await
+        .unwrap();
     let outcomes = store
         .commit_object(&object(
             "obj-unknown",
@@ -142,16 +178,24 @@ async fn unknown_partition_in_commit(store: &dyn MetadataStore) {
 }
 
 async fn batch_lookups(store: &dyn MetadataStore) {
-    let t = store.create_topic("t-lookup", 1, BTreeMap::new()).await.unwrap();
+    let t = store
+        .create_topic("t-lookup", 1, BTreeMap::new())
+        .await
+        .unwrap();
     for (i, ts) in [100, 300, 200, 400].into_iter().enumerate() {
         store
-            .commit_object(&object(&format!("obj-lookup-{i}"), vec![chunk(&t, 0, 10, ts)]))
+            .commit_object(&object(
+                &format!("obj-lookup-{i}"),
+                vec![chunk(&t, 0, 10, ts)],
+            ))
             .await
             .unwrap();
     }
     let all = store.batches(t.id, 0, 0, u64::MAX).await.unwrap();
     assert_eq!(
-        all.iter().map(|b| (b.base_offset, b.last_offset)).collect::<Vec<_>>(),
+        all.iter()
+            .map(|b| (b.base_offset, b.last_offset))
+            .collect::<Vec<_>>(),
         vec![(0, 9), (10, 19), (20, 29), (30, 39)]
     );
     let mid = store.batches(t.id, 0, 15, 150).await.unwrap();
@@ -162,16 +206,39 @@ async fn batch_lookups(store: &dyn MetadataStore) {
     );
     let tiny = store.batches(t.id, 0, 35, 1).await.unwrap();
     assert_eq!(tiny.len(), 1, "at least one row even over the budget");
-    assert!(store.batches(t.id, 0, 40, u64::MAX).await.unwrap().is_empty());
-    let by_ts = store.batch_for_timestamp(t.id, 0, 250).await.unwrap().unwrap();
+    assert!(
+        store
+            .batches(t.id, 0, 40, u64::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let by_ts = store
+        .batch_for_timestamp(t.id, 0, 250)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(by_ts.base_offset, 10);
-    assert!(store.batch_for_timestamp(t.id, 0, 401).await.unwrap().is_none());
-    let max = store.batch_with_max_timestamp(t.id, 0).await.unwrap().unwrap();
+    assert!(
+        store
+            .batch_for_timestamp(t.id, 0, 401)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let max = store
+        .batch_with_max_timestamp(t.id, 0)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((max.base_offset, max.max_timestamp), (30, 400));
 }
 
 async fn concurrent_commits(store: Arc<dyn MetadataStore>) {
-    let t = store.create_topic("t-concurrent", 4, BTreeMap::new()).await.unwrap();
+    let t = store
+        .create_topic("t-concurrent", 4, BTreeMap::new())
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for writer in 0..8 {
         let store = store.clone();
@@ -209,7 +276,14 @@ async fn concurrent_commits(store: Arc<dyn MetadataStore>) {
             assert_eq!(base, next, "offsets of partition {p} are dense");
             next += count;
         }
-        assert_eq!(store.partition_offsets(t.id, p).await.unwrap().high_watermark, next);
+        assert_eq!(
+            store
+                .partition_offsets(t.id, p)
+                .await
+                .unwrap()
+                .high_watermark,
+            next
+        );
     }
 }
 

@@ -52,8 +52,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn create_partitions(&self, name: &str, total: i32) -> Result<Topic>;
 
     /// Replaces the whole set of topic configs (AlterConfigs semantics).
-    async fn set_topic_configs(&self, name: &str, configs: BTreeMap<String, String>)
-    -> Result<Topic>;
+    async fn set_topic_configs(
+        &self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+    ) -> Result<Topic>;
 
     /// Commits one object: assigns each chunk its base offset, advancing the partitions'
     /// next offsets, and records the batch index rows, all in one transaction.

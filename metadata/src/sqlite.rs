@@ -170,15 +170,13 @@ impl MetadataStore for SqliteStore {
             return Err(MetadataError::TopicExists(name.to_string()));
         }
         let id = TopicId::new_v4();
-        sqlx::query(
-            "INSERT INTO topics (id, name, partitions, created_at_ms) VALUES (?, ?, ?, ?)",
-        )
-        .bind(id.as_bytes().as_slice())
-        .bind(name)
-        .bind(partitions)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("INSERT INTO topics (id, name, partitions, created_at_ms) VALUES (?, ?, ?, ?)")
+            .bind(id.as_bytes().as_slice())
+            .bind(name)
+            .bind(partitions)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
         insert_partitions(&mut tx, id, 0..partitions).await?;
         replace_configs(&mut tx, id, &configs).await?;
         tx.commit().await?;

@@ -36,10 +36,10 @@ pub async fn handle(
     let mut shutdown = ctx.shutdown.clone();
     loop {
         commits.mark_unchanged();
-        let (responses, total) =
-            read_all(ctx, request_ctx.version, &request.topics, max_bytes).await;
+        let (responses, read) = read_all(ctx, request_ctx.version, &request.topics, max_bytes).await;
         let now = Instant::now();
-        if total >= min_bytes.max(1) || now >= deadline || *shutdown.borrow() {
+        // Errors answer at once, as data does: the client has something to act on.
+        if read.bytes >= min_bytes || read.errors || now >= deadline || *shutdown.borrow() {
             return FetchResponse::default()
                 .with_session_id(0)
                 .with_responses(responses);
@@ -53,14 +53,21 @@ pub async fn handle(
     }
 }
 
+/// What one pass over the requested partitions found.
+struct ReadSummary {
+    bytes: u64,
+    errors: bool,
+}
+
 async fn read_all(
     ctx: &Context,
     version: i16,
     topics: &[FetchTopic],
     max_bytes: u64,
-) -> (Vec<FetchableTopicResponse>, u64) {
+) -> (Vec<FetchableTopicResponse>, ReadSummary) {
     let by_id = version >= 13;
     let mut total = 0u64;
+    let mut errors = false;
     let mut responses = Vec::with_capacity(topics.len());
     for topic in topics {
         let entry = if by_id {
@@ -123,6 +130,7 @@ async fn read_all(
                 Err(code) => partitions.push(response.with_error_code(code)),
             }
         }
+        errors |= partitions.iter().any(|p| p.error_code != 0);
         responses.push(
             FetchableTopicResponse::default()
                 .with_topic(topic.topic.clone())
@@ -130,7 +138,13 @@ async fn read_all(
                 .with_partitions(partitions),
         );
     }
-    (responses, total)
+    (
+        responses,
+        ReadSummary {
+            bytes: total,
+            errors,
+        },
+    )
 }
 
 async fn read_partition(
