@@ -46,6 +46,22 @@ pub struct Append {
 /// Where an append landed: the base offset of its first batch.
 pub type AppendResult = Result<i64, AppendError>;
 
+/// Resolves to an append's outcome once its object is committed (or failed).
+pub struct Receipt(oneshot::Receiver<AppendResult>);
+
+impl std::future::Future for Receipt {
+    type Output = AppendResult;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<AppendResult> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(AppendError::ShuttingDown)))
+    }
+}
+
 struct Request {
     append: Append,
     reply: oneshot::Sender<AppendResult>,
@@ -93,14 +109,15 @@ impl Batcher {
         (Batcher { tx }, task)
     }
 
-    /// Queues batches for the next object and waits until they are committed.
-    pub async fn append(&self, append: Append) -> AppendResult {
+    /// Queues batches for the next object, in call order. The receipt resolves once they are
+    /// committed.
+    pub async fn submit(&self, append: Append) -> Result<Receipt, AppendError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request { append, reply })
             .await
             .map_err(|_| AppendError::ShuttingDown)?;
-        rx.await.unwrap_or(Err(AppendError::ShuttingDown))
+        Ok(Receipt(rx))
     }
 }
 

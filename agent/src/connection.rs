@@ -8,7 +8,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::api::{self, Context};
+use kafka_protocol::messages::ApiKey;
+use tokio::sync::oneshot;
+
+use crate::api::{self, Context, ProduceOrder};
 
 /// Requests of one connection being processed at once; more wait in the socket buffer.
 const MAX_IN_FLIGHT: usize = 64;
@@ -20,7 +23,7 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>) {
     let _ = stream.set_nodelay(true);
     let (mut reader, writer) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<tokio::task::JoinHandle<api::Outcome>>(MAX_IN_FLIGHT);
-    let (closed_tx, mut closed_rx) = tokio::sync::oneshot::channel::<()>();
+    let (closed_tx, mut closed_rx) = oneshot::channel::<()>();
 
     let write_loop = tokio::spawn(async move {
         let _closed = closed_tx;
@@ -51,6 +54,9 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>) {
 
     let max_frame = ctx.config.max_request_bytes;
     let mut shutdown = ctx.shutdown.clone();
+    // Requests run concurrently, but each produce request queues its batches only after the
+    // previous one on this connection did.
+    let mut last_produce: Option<oneshot::Receiver<()>> = None;
     loop {
         let frame = tokio::select! {
             frame = read_frame(&mut reader, max_frame) => frame,
@@ -72,8 +78,15 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>) {
                 break;
             }
         };
+        let order = (request.api_key == ApiKey::Produce).then(|| {
+            let (appended, next) = oneshot::channel();
+            ProduceOrder {
+                previous: last_produce.replace(next),
+                appended,
+            }
+        });
         let ctx = ctx.clone();
-        let handle = tokio::spawn(async move { api::handle(&ctx, request).await });
+        let handle = tokio::spawn(async move { api::handle(&ctx, request, order).await });
         if tx.send(handle).await.is_err() {
             break;
         }

@@ -58,11 +58,12 @@ pub struct Args {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub producers: u64,
 
-    /// Consumers in one fresh consumer group reading the topic; 0 only produces.
+    /// Consumers reading the topic, consumer i of N assigned partitions p % N == i (no
+    /// consumer group); 0 only produces.
     #[arg(long, default_value_t = 1)]
     pub consumers: u64,
 
-    /// Consumers start at the beginning of the topic instead of its current end.
+    /// Consumers start at each partition's beginning instead of its end when the run starts.
     #[arg(long)]
     pub from_beginning: bool,
 
@@ -134,11 +135,14 @@ impl Args {
     }
 
     /// Consumer settings diskless peers publish: large fetches and a long fetch wait.
-    pub fn consumer_config(&self, group: &str) -> ClientConfig {
+    /// Partitions are assigned by hand from explicit offsets and nothing is committed, so no
+    /// group is joined; librdkafka still refuses assign() without a group.id, hence a label.
+    pub fn consumer_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.bootstrap)
-            .set("group.id", group)
+            .set("group.id", "shoal-load")
+            .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("fetch.max.bytes", (50 << 20).to_string())
             .set("max.partition.fetch.bytes", (8 << 20).to_string())

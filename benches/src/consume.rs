@@ -1,15 +1,16 @@
-//! Consumers: members of one consumer group, each a librdkafka client on its own thread.
+//! Consumers: each a librdkafka client on its own thread, reading the partitions assigned to
+//! it by hand (Shoal has no consumer groups): consumer i of N reads partitions p % N == i.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, ClientContext};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tracing::warn;
 
 use crate::produce::{latency_histogram, sent_at, unix_nanos};
@@ -20,17 +21,14 @@ pub struct ConsumeStats {
     consumed: AtomicU64,
     /// Per partition, one past the highest consumed offset.
     next_offsets: Vec<AtomicI64>,
-    /// Per consumer, how many partitions the group assigned it.
-    assigned: Vec<AtomicUsize>,
 }
 
 impl ConsumeStats {
-    pub fn new(partitions: usize, consumers: usize) -> Self {
+    pub fn new(partitions: usize) -> Self {
         ConsumeStats {
             latency_us: Mutex::new(latency_histogram()),
             consumed: AtomicU64::new(0),
             next_offsets: (0..partitions).map(|_| AtomicI64::new(0)).collect(),
-            assigned: (0..consumers).map(|_| AtomicUsize::new(0)).collect(),
         }
     }
 
@@ -40,19 +38,6 @@ impl ConsumeStats {
 
     pub fn latency_us(&self) -> Histogram<u64> {
         self.latency_us.lock().expect("histogram lock").clone()
-    }
-
-    /// Whether the group has spread every partition, and each consumer holds some if there
-    /// are enough to go round: producing before that would add the join time to latencies.
-    pub fn group_settled(&self) -> bool {
-        let counts: Vec<usize> = self
-            .assigned
-            .iter()
-            .map(|a| a.load(Ordering::Relaxed))
-            .collect();
-        let all_busy =
-            counts.len() > self.next_offsets.len() || counts.iter().all(|&count| count > 0);
-        counts.iter().sum::<usize>() == self.next_offsets.len() && all_busy
     }
 
     /// Waits until consumers have read up to `targets` (per partition, the offset after the
@@ -73,68 +58,64 @@ impl ConsumeStats {
     }
 }
 
-struct GroupContext {
-    stats: Arc<ConsumeStats>,
+/// One consumer, created and assigned its partitions before the run starts.
+pub struct Reader {
     index: usize,
+    consumer: BaseConsumer,
 }
 
-impl ClientContext for GroupContext {}
-
-impl ConsumerContext for GroupContext {
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let count = match rebalance {
-            Rebalance::Assign(partitions) => partitions.count(),
-            Rebalance::Revoke(_) | Rebalance::Error(_) => 0,
-        };
-        self.stats.assigned[self.index].store(count, Ordering::Relaxed);
-    }
-}
-
-/// Consumes until `stop` is set. End-to-end latency is recorded only for records sent at or
-/// after `since` (unix nanos), so older data in the topic does not skew it.
-pub fn run(
-    index: usize,
-    config: &ClientConfig,
-    topic: &str,
-    since: &AtomicU64,
-    stats: Arc<ConsumeStats>,
-    stop: &AtomicBool,
-) -> Result<()> {
-    let consumer: BaseConsumer<GroupContext> = config
-        .create_with_context(GroupContext {
-            stats: Arc::clone(&stats),
-            index,
-        })
-        .context("creating consumer")?;
-    consumer
-        .subscribe(&[topic])
-        .with_context(|| format!("subscribing to {topic}"))?;
-    let mut latency_us = latency_histogram();
-    let mut consumed = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {}
-            Some(Ok(msg)) => {
-                let now = unix_nanos();
-                consumed += 1;
-                if let Some(sent) = sent_at(msg.payload())
-                    && sent >= since.load(Ordering::Relaxed)
-                {
-                    latency_us.saturating_record((now.saturating_sub(sent) / 1000).max(1));
-                }
-                if let Some(next) = stats.next_offsets.get(msg.partition() as usize) {
-                    next.fetch_max(msg.offset() + 1, Ordering::Relaxed);
-                }
-            }
-            Some(Err(err)) => warn!("consumer {index}: {err}"),
+impl Reader {
+    /// Consumer `index` of `count`: it reads every partition p with p % count == index,
+    /// starting at `starts[p]`.
+    pub fn assigned(
+        index: usize,
+        count: usize,
+        config: &ClientConfig,
+        topic: &str,
+        starts: &[Offset],
+    ) -> Result<Self> {
+        let consumer: BaseConsumer = config.create().context("creating consumer")?;
+        let mut assignment = TopicPartitionList::new();
+        for (partition, &start) in starts.iter().enumerate().skip(index).step_by(count) {
+            assignment.add_partition_offset(topic, partition as i32, start)?;
         }
+        consumer
+            .assign(&assignment)
+            .with_context(|| format!("assigning {topic} partitions to consumer {index}"))?;
+        Ok(Reader { index, consumer })
     }
-    stats.consumed.fetch_add(consumed, Ordering::Relaxed);
-    stats
-        .latency_us
-        .lock()
-        .expect("histogram lock")
-        .add(&latency_us)
-        .context("merging latency histograms")?;
-    Ok(())
+
+    /// Consumes until `stop` is set. End-to-end latency is recorded only for records sent
+    /// at or after `since` (unix nanos), so older data in the topic does not skew it.
+    pub fn run(self, since: &AtomicU64, stats: &ConsumeStats, stop: &AtomicBool) -> Result<()> {
+        let Reader { index, consumer } = self;
+        let mut latency_us = latency_histogram();
+        let mut consumed = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            match consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Ok(msg)) => {
+                    let now = unix_nanos();
+                    consumed += 1;
+                    if let Some(sent) = sent_at(msg.payload())
+                        && sent >= since.load(Ordering::Relaxed)
+                    {
+                        latency_us.saturating_record((now.saturating_sub(sent) / 1000).max(1));
+                    }
+                    if let Some(next) = stats.next_offsets.get(msg.partition() as usize) {
+                        next.fetch_max(msg.offset() + 1, Ordering::Relaxed);
+                    }
+                }
+                Some(Err(err)) => warn!("consumer {index}: {err}"),
+            }
+        }
+        stats.consumed.fetch_add(consumed, Ordering::Relaxed);
+        stats
+            .latency_us
+            .lock()
+            .expect("histogram lock")
+            .add(&latency_us)
+            .context("merging latency histograms")?;
+        Ok(())
+    }
 }

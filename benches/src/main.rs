@@ -21,13 +21,10 @@ use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 use cli::Args;
-use consume::ConsumeStats;
+use consume::{ConsumeStats, Reader};
 use proc_stats::AgentSampler;
 use produce::{ProduceStats, Workload};
 use report::{Percentiles, Report};
-
-/// How long to wait for the consumer group to assign every partition before producing.
-const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -50,18 +47,14 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> Result<Report> {
     let partitions = topic::ensure(&args.bootstrap, &args.topic, args.partitions)?;
     info!(topic = %args.topic, partitions, bootstrap = %args.bootstrap, "topic ready");
-    let group = format!(
-        "shoal-load-{}-{}",
-        std::process::id(),
-        produce::unix_nanos() / 1_000_000_000
-    );
-    let consumer_config = args.consumer_config(&group);
-    if args.consumers > 0 && !args.from_beginning {
-        topic::start_group_at_end(&consumer_config, &args.topic, partitions)?;
-    }
+    let readers = if args.consumers > 0 {
+        readers(args, partitions)?
+    } else {
+        Vec::new()
+    };
 
     let produce_stats = Arc::new(ProduceStats::new(partitions));
-    let consume_stats = Arc::new(ConsumeStats::new(partitions, args.consumers as usize));
+    let consume_stats = ConsumeStats::new(partitions);
     // Unix nanos when producing starts; until then no consumed record counts for latency.
     let since = AtomicU64::new(u64::MAX);
     let stop = AtomicBool::new(false);
@@ -76,16 +69,16 @@ fn run(args: &Args) -> Result<Report> {
     };
 
     thread::scope(|scope| {
-        let consumers: Vec<ScopedJoinHandle<Result<()>>> = (0..args.consumers as usize)
-            .map(|index| {
-                let (config, since, stop) = (&consumer_config, &since, &stop);
-                let stats = Arc::clone(&consume_stats);
-                scope.spawn(move || consume::run(index, config, &args.topic, since, stats, stop))
+        let consumers: Vec<ScopedJoinHandle<Result<()>>> = readers
+            .into_iter()
+            .map(|reader| {
+                let (since, stats, stop) = (&since, &consume_stats, &stop);
+                scope.spawn(move || reader.run(since, stats, stop))
             })
             .collect();
         let produced = drive(
             args,
-            &consumers,
+            !consumers.is_empty(),
             &produce_stats,
             &consume_stats,
             &since,
@@ -108,31 +101,38 @@ fn run(args: &Args) -> Result<Report> {
     Ok(report)
 }
 
-/// Waits for the consumer group, produces, and waits for consumers to catch up, filling in
-/// everything but the consumer totals (known once consumer threads have stopped).
+/// Creates the consumers, each assigned its share of the partitions from where they start:
+/// their current end, read now before anything is produced, or --from-beginning.
+fn readers(args: &Args, partitions: usize) -> Result<Vec<Reader>> {
+    let count = args.consumers as usize;
+    if count > partitions {
+        warn!(
+            consumers = count,
+            partitions, "more consumers than partitions; the extra ones stay idle"
+        );
+    }
+    let starts = topic::start_offsets(
+        &args.bootstrap,
+        &args.topic,
+        partitions,
+        args.from_beginning,
+    )?;
+    let config = args.consumer_config();
+    (0..count)
+        .map(|index| Reader::assigned(index, count, &config, &args.topic, &starts))
+        .collect()
+}
+
+/// Produces and waits for consumers (if `consuming`) to catch up, filling in everything but
+/// the consumer totals (known once consumer threads have stopped).
 fn drive(
     args: &Args,
-    consumers: &[ScopedJoinHandle<Result<()>>],
+    consuming: bool,
     produce_stats: &Arc<ProduceStats>,
     consume_stats: &ConsumeStats,
     since: &AtomicU64,
     report: &mut Report,
 ) -> Result<()> {
-    if !consumers.is_empty() {
-        let deadline = Instant::now() + JOIN_TIMEOUT;
-        while !consume_stats.group_settled() {
-            if consumers.iter().any(|c| c.is_finished()) {
-                // A consumer failed to start; its error surfaces when it is joined.
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                warn!("consumer group still not assigned every partition; producing anyway");
-                break;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
     let sampler = args.agent_pid.map(AgentSampler::start).transpose()?;
     let producer_config = args.producer_config();
     let workload = Workload::new(args.record_size as usize);
@@ -176,7 +176,7 @@ fn drive(
         report.produce_max_ms,
     ) = (produce.p50, produce.p99, produce.p999, produce.max);
 
-    if !consumers.is_empty() {
+    if consuming {
         info!(delivered, "waiting for consumers to catch up");
         let lag = consume_stats.wait_caught_up(&produce_stats.next_offsets(), drain);
         if lag > 0 {

@@ -1,4 +1,4 @@
-//! Topic and consumer-group setup before the run, each step bounded in time.
+//! Topic setup and consumer start offsets before the run, each step bounded in time.
 
 use std::thread;
 use std::time::{Duration, Instant};
@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset};
 
 /// Bound on each setup request, so an unreachable broker fails fast with a clear message.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,24 +64,27 @@ fn partition_count(probe: &BaseConsumer, bootstrap: &str, topic: &str) -> Result
         .map(|t| t.partitions().len()))
 }
 
-/// Commits each partition's current end offset for a new consumer group, so its members
-/// start at the end however late they join and no record produced afterwards is missed.
-pub fn start_group_at_end(config: &ClientConfig, topic: &str, partitions: usize) -> Result<()> {
-    let client: BaseConsumer = config
-        .clone()
-        // Bounds the commit too: without a coordinator it is retried for session.timeout.ms.
-        .set("session.timeout.ms", SETUP_TIMEOUT.as_millis().to_string())
-        .set("socket.timeout.ms", SETUP_TIMEOUT.as_millis().to_string())
+/// Where each partition's reading starts, indexed by partition: its beginning, or its
+/// current end (high watermark) so that only records produced from now on are read.
+pub fn start_offsets(
+    bootstrap: &str,
+    topic: &str,
+    partitions: usize,
+    from_beginning: bool,
+) -> Result<Vec<Offset>> {
+    if from_beginning {
+        return Ok(vec![Offset::Beginning; partitions]);
+    }
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
         .create()
         .context("creating offset client")?;
-    let mut offsets = TopicPartitionList::new();
-    for partition in 0..partitions as i32 {
-        let (_, high) = client
-            .fetch_watermarks(topic, partition, SETUP_TIMEOUT)
-            .with_context(|| format!("listing the end offset of {topic}/{partition}"))?;
-        offsets.add_partition_offset(topic, partition, Offset::Offset(high))?;
-    }
-    client
-        .commit(&offsets, CommitMode::Sync)
-        .context("committing start offsets for the consumer group (--consumers 0 skips consumers)")
+    (0..partitions as i32)
+        .map(|partition| {
+            let (_, high) = client
+                .fetch_watermarks(topic, partition, SETUP_TIMEOUT)
+                .with_context(|| format!("listing the end offset of {topic}/{partition}"))?;
+            Ok(Offset::Offset(high))
+        })
+        .collect()
 }

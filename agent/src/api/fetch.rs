@@ -36,7 +36,8 @@ pub async fn handle(
     let mut shutdown = ctx.shutdown.clone();
     loop {
         commits.mark_unchanged();
-        let (responses, read) = read_all(ctx, request_ctx.version, &request.topics, max_bytes).await;
+        let (responses, read) =
+            read_all(ctx, request_ctx.version, &request.topics, max_bytes).await;
         let now = Instant::now();
         // Errors answer at once, as data does: the client has something to act on.
         if read.bytes >= min_bytes || read.errors || now >= deadline || *shutdown.borrow() {

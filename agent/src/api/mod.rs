@@ -20,6 +20,8 @@ use crate::catalog::Catalog;
 use crate::config::AgentConfig;
 use crate::reader::Reader;
 
+pub use produce::ProduceOrder;
+
 /// Everything a request handler may use; one per agent, shared by all connections.
 pub struct Context {
     pub config: AgentConfig,
@@ -97,7 +99,10 @@ pub fn decode_frame(frame: Bytes) -> Result<(), String> {
 }
 
 /// Runs one request and encodes its response frame.
-pub async fn handle(ctx: &Context, request: Request) -> Outcome {
+///
+/// `order` chains the produce requests of one connection (see [`ProduceOrder`]); other
+/// requests pass `None`.
+pub async fn handle(ctx: &Context, request: Request, order: Option<ProduceOrder>) -> Outcome {
     let Request {
         api_key,
         version,
@@ -119,10 +124,16 @@ pub async fn handle(ctx: &Context, request: Request) -> Outcome {
     let response: ResponseKind = match decoded {
         RequestKind::ApiVersions(r) => api_versions::handle(&request_ctx, r).into(),
         RequestKind::Metadata(r) => metadata::handle(ctx, &request_ctx, r).await.into(),
-        RequestKind::Produce(r) => match produce::handle(ctx, &request_ctx, r).await {
-            Some(response) => response.into(),
-            None => return Ok(None),
-        },
+        RequestKind::Produce(r) => {
+            let order = order.unwrap_or_else(|| ProduceOrder {
+                previous: None,
+                appended: tokio::sync::oneshot::channel().0,
+            });
+            match produce::handle(ctx, &request_ctx, r, order).await {
+                Some(response) => response.into(),
+                None => return Ok(None),
+            }
+        }
         RequestKind::Fetch(r) => fetch::handle(ctx, &request_ctx, r).await.into(),
         RequestKind::ListOffsets(r) => list_offsets::handle(ctx, r).await.into(),
         RequestKind::CreateTopics(r) => topics::create_topics(ctx, &request_ctx, r).await.into(),

@@ -1,7 +1,6 @@
 //! Produce: validates each partition's batches, hands them to the batcher, and answers once
 //! the object holding them is durable and committed.
 
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
@@ -12,14 +11,21 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use shoal_storage::batch::{self, BatchError};
 
 use super::{Context, RequestContext, metadata_error_code};
-use crate::batcher::{Append, AppendError, Batcher};
+use tokio::sync::oneshot;
+
+use crate::batcher::{Append, AppendError};
 use crate::catalog::TopicEntry;
 
 /// Answers a produce request; `None` for acks=0, which gets no response.
+///
+/// `order` makes this request hand its batches to the batcher only after the connection's
+/// previous produce request did, so records sent in order on one connection keep that order
+/// in each partition, however many requests are in flight.
 pub async fn handle(
     ctx: &Context,
     request_ctx: &RequestContext,
     request: ProduceRequest,
+    order: ProduceOrder,
 ) -> Option<ProduceResponse> {
     let acks = request.acks;
     let by_id = request_ctx.version >= 13;
@@ -31,51 +37,82 @@ pub async fn handle(
             ctx.catalog.by_name(topic_data.name.as_str()).await
         };
         let entry = match found {
-            _ if !matches!(acks, 0 | 1 | -1) => Err(ResponseError::InvalidRequiredAcks.code()),
+            _ if !(-1..=1).contains(&acks) => Err(ResponseError::InvalidRequiredAcks.code()),
             Ok(Some(entry)) => Ok(entry),
             Ok(None) if by_id => Err(ResponseError::UnknownTopicId.code()),
             Ok(None) => Err(ResponseError::UnknownTopicOrPartition.code()),
             Err(e) => Err(metadata_error_code(&e)),
         };
-        let partitions = topic_data
+        let partitions: Vec<_> = topic_data
             .partition_data
             .into_iter()
-            .map(|p| produce_partition(ctx.batcher.clone(), entry.clone(), p.index, p.records));
-        topics.push((topic_data.name, topic_data.topic_id, join_all(partitions)));
+            .map(|p| {
+                let prepared = entry
+                    .as_ref()
+                    .map_err(|code| *code)
+                    .and_then(|entry| prepare(entry, p.index, p.records));
+                (p.index, prepared)
+            })
+            .collect();
+        topics.push((topic_data.name, topic_data.topic_id, partitions));
     }
+
+    if let Some(previous) = order.previous {
+        // An error only means the previous request ended without appending anything.
+        let _ = previous.await;
+    }
+    let mut queued = Vec::with_capacity(topics.len());
+    for (name, topic_id, partitions) in topics {
+        let mut pending = Vec::with_capacity(partitions.len());
+        for (index, prepared) in partitions {
+            let slot = match prepared {
+                Ok(prepared) => ctx
+                    .batcher
+                    .submit(prepared.append)
+                    .await
+                    .map(|receipt| (receipt, prepared.log_append_time))
+                    .map_err(append_error_code),
+                Err(code) => Err(code),
+            };
+            pending.push((index, slot));
+        }
+        queued.push((name, topic_id, pending));
+    }
+    drop(order.appended);
+
     if acks == 0 {
-        // Nobody waits for the answer, but the records still go through the batcher.
-        let work = join_all(topics.into_iter().map(|(_, _, p)| p));
-        tokio::spawn(work);
+        // Nobody waits for the answer; the batcher commits the records all the same.
         return None;
     }
-    let mut responses = Vec::with_capacity(topics.len());
-    for (name, topic_id, partitions) in topics {
+    let mut responses = Vec::with_capacity(queued.len());
+    for (name, topic_id, pending) in queued {
+        let results = join_all(pending.into_iter().map(|(index, slot)| async move {
+            let result = match slot {
+                Ok((receipt, log_append_time)) => receipt
+                    .await
+                    .map(|base| (base, log_append_time))
+                    .map_err(append_error_code),
+                Err(code) => Err(code),
+            };
+            partition_response(index, result)
+        }))
+        .await;
         responses.push(
             TopicProduceResponse::default()
                 .with_name(name)
                 .with_topic_id(topic_id)
-                .with_partition_responses(partitions.await),
+                .with_partition_responses(results),
         );
     }
     Some(ProduceResponse::default().with_responses(responses))
 }
 
-async fn produce_partition(
-    batcher: Batcher,
-    entry: Result<Arc<TopicEntry>, i16>,
-    index: i32,
-    records: Option<Bytes>,
-) -> PartitionProduceResponse {
-    let result = match entry.and_then(|entry| prepare(&entry, index, records)) {
-        Ok(prepared) => batcher
-            .append(prepared.append)
-            .await
-            .map(|base| (base, prepared.log_append_time))
-            .map_err(append_error_code),
-        Err(code) => Err(code),
-    };
-    partition_response(index, result)
+/// The hand-off between consecutive produce requests of one connection.
+pub struct ProduceOrder {
+    /// Resolves once the previous produce request has queued its batches.
+    pub previous: Option<oneshot::Receiver<()>>,
+    /// Dropped once this request has queued its batches.
+    pub appended: oneshot::Sender<()>,
 }
 
 struct Prepared {

@@ -99,16 +99,11 @@ fn client_config(bootstrap: &str, extra: &[(&str, &str)]) -> ClientConfig {
     config
 }
 
-/// A producer without idempotence (Shoal has no producer ids), `extra` settings on top.
-///
-/// One request in flight per connection by default: with several, the agent may commit a
-/// connection's produce requests out of order (`roundtrip::pipelined_requests_keep_send_order`
-/// shows it), and tests about other things should not fail for that. Tests about ordering
-/// raise `max.in.flight.requests.per.connection` themselves.
+/// A producer without idempotence (Shoal has no producer ids), with librdkafka's default
+/// of several requests in flight per connection, `extra` settings on top.
 pub fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> FutureProducer {
     let mut base = vec![
         ("enable.idempotence", "false"),
-        ("max.in.flight.requests.per.connection", "1"),
         ("message.timeout.ms", "30000"),
         ("queue.buffering.max.messages", "1000000"),
     ];
