@@ -67,7 +67,7 @@ pub struct AgentArgs {
     pub max_request_bytes: u64,
 
     /// Memory for recently written and read chunks.
-    #[arg(long, env = "SHOAL_CACHE_BYTES", default_value = "256MiB", value_parser = parse_bytes)]
+    #[arg(long, env = "SHOAL_CACHE_BYTES", default_value = "128MiB", value_parser = parse_bytes)]
     pub cache_bytes: u64,
 }
 
@@ -107,7 +107,7 @@ impl AgentConfig {
             auto_create_topics: true,
             num_partitions: 1,
             max_request_bytes: 100 << 20,
-            cache_bytes: 256 << 20,
+            cache_bytes: 128 << 20,
         }
         .into()
     }

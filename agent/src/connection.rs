@@ -112,10 +112,16 @@ async fn read_frame(
             "frame of {len} bytes refused (limit {max_frame} bytes)"
         ));
     }
-    let mut frame = BytesMut::zeroed(len as usize);
-    reader
-        .read_exact(&mut frame)
-        .await
-        .map_err(|e| format!("truncated frame: {e}"))?;
+    // Filled straight from the socket, without zeroing megabytes first.
+    let len = len as usize;
+    let mut frame = BytesMut::with_capacity(len);
+    while frame.len() < len {
+        let mut limited = (&mut *reader).take((len - frame.len()) as u64);
+        match limited.read_buf(&mut frame).await {
+            Ok(0) => return Err(format!("truncated frame: {} of {len} bytes", frame.len())),
+            Ok(_) => {}
+            Err(e) => return Err(format!("read failed: {e}")),
+        }
+    }
     Ok(Some(frame.freeze()))
 }

@@ -11,6 +11,15 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc serves allocations above `oversize_threshold` (8 MiB by default) from an arena
+/// that returns pages to the kernel at once, so every multi-megabyte request frame would be
+/// page-faulted and zeroed anew. Produce frames are routinely that large: keep them in the
+/// normal arenas, whose dirty pages are reused and returned after a few seconds.
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: &[u8] =
+    b"oversize_threshold:1073741824,background_thread:true,dirty_decay_ms:2000\0";
+
 /// Shoal: a diskless, Kafka-compatible streaming agent. Records are stored as immutable
 /// objects; their order is committed to a metadata sequencer.
 #[derive(Parser)]

@@ -165,15 +165,29 @@ fn encode(
 ) -> Result<Bytes, String> {
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     let header_version = response.header_version(version);
-    let mut buf = BytesMut::with_capacity(256);
+    let failed = |e: anyhow::Error| format!("cannot encode {api_key:?} v{version} response: {e}");
+    // Sized up front: a fetch response carries megabytes of records, and growing the buffer
+    // while encoding would copy them again and again.
+    let size = header.compute_size(header_version).map_err(failed)?
+        + response_size(response, version).map_err(failed)?;
+    let mut buf = BytesMut::with_capacity(4 + size);
     buf.put_u32(0);
     header
         .encode(&mut buf, header_version)
         .and_then(|_| response.encode(&mut buf, version))
-        .map_err(|e| format!("cannot encode {api_key:?} v{version} response: {e}"))?;
+        .map_err(failed)?;
     let len = (buf.len() - 4) as u32;
     buf[0..4].copy_from_slice(&len.to_be_bytes());
     Ok(buf.freeze())
+}
+
+/// Encoded size of the responses that can be large; others start small and grow.
+fn response_size(response: &ResponseKind, version: i16) -> anyhow::Result<usize> {
+    match response {
+        ResponseKind::Fetch(r) => r.compute_size(version),
+        ResponseKind::Metadata(r) => r.compute_size(version),
+        _ => Ok(256),
+    }
 }
 
 /// Shorthand for the protocol's string type.
