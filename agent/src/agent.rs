@@ -15,6 +15,7 @@ use crate::batcher::{Batcher, BatcherConfig, FlushContext};
 use crate::catalog::Catalog;
 use crate::config::AgentConfig;
 use crate::connection;
+use crate::index::RecentIndex;
 use crate::reader::Reader;
 
 /// How long a stopping agent waits for connections to finish their in-flight requests.
@@ -64,6 +65,7 @@ impl Agent {
         let cache = Arc::new(ChunkCache::new(config.cache_bytes));
         let (commits_tx, commits) = watch::channel(0u64);
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let index = Arc::new(RecentIndex::new(store.clone()));
         let (batcher, batcher_task) = Batcher::start(
             BatcherConfig {
                 flush_interval: config.flush_interval,
@@ -73,12 +75,13 @@ impl Agent {
                 storage: storage.clone(),
                 store: store.clone(),
                 cache: cache.clone(),
+                index: index.clone(),
                 commits: Arc::new(commits_tx),
             },
             shutdown_rx.clone(),
         );
         let ctx = Arc::new(Context {
-            reader: Reader::new(store, storage, cache),
+            reader: Reader::new(store, index, storage, cache),
             config,
             catalog,
             batcher,

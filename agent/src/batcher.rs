@@ -9,12 +9,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use shoal_metadata::{ChunkCommit, CommitOutcome, MetadataStore, ObjectCommit, TopicId};
+use shoal_metadata::{
+    BatchIndexEntry, ChunkCommit, CommitOutcome, MetadataStore, ObjectCommit, TopicId,
+};
 use shoal_storage::batch::patch_base_offsets;
 use shoal_storage::store::new_object_id;
 use shoal_storage::{BuiltObject, ChunkCache, ObjectBuilder, ObjectStorage};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
+
+use crate::index::RecentIndex;
 
 /// Flushes whose PUT may run at the same time.
 const MAX_FLUSHES_IN_FLIGHT: usize = 4;
@@ -92,6 +96,8 @@ pub struct FlushContext {
     pub storage: Arc<ObjectStorage>,
     pub store: Arc<dyn MetadataStore>,
     pub cache: Arc<ChunkCache>,
+    /// Learns every commit, so tail reads need not ask the sequencer.
+    pub index: Arc<RecentIndex>,
     /// Bumped after every commit, so parked fetches look again.
     pub commits: Arc<watch::Sender<u64>>,
 }
@@ -229,8 +235,10 @@ async fn start_flush(
             Ok(()) => commit(&ctx, &object_id, &object).await,
             Err(e) => Err(e),
         };
-        let _ = done_tx.send(());
+        // The next flush commits only after this one's rows reach the recent index, which
+        // keeps the index's rows in offset order.
         answer(&ctx, &object_id, &object, outcome, taken.waiters);
+        let _ = done_tx.send(());
     });
     while flushes.try_join_next().is_some() {}
 }
@@ -291,6 +299,18 @@ fn answer(
     for (index, (chunk, outcome)) in object.chunks.iter().zip(&outcomes).enumerate() {
         if let CommitOutcome::Committed { base_offset } = *outcome {
             bases.insert((chunk.topic, chunk.partition), base_offset);
+            ctx.index.committed(
+                chunk.topic,
+                chunk.partition,
+                BatchIndexEntry {
+                    base_offset,
+                    last_offset: base_offset + chunk.offset_count - 1,
+                    max_timestamp: chunk.max_timestamp,
+                    object_id: object_id.to_string(),
+                    position: chunk.position,
+                    size: chunk.size,
+                },
+            );
             // The writer caches what it wrote, offsets patched, so tail reads need no GET.
             let mut data = bytes::BytesMut::from(object.chunk_data(index));
             if patch_base_offsets(&mut data, base_offset).is_ok() {

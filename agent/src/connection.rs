@@ -29,6 +29,11 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>) {
         let _closed = closed_tx;
         let mut writer = BufWriter::new(writer);
         while let Some(handle) = rx.recv().await {
+            // Responses that are ready go out together; before waiting on one that is not,
+            // what is buffered is sent, so no answer waits behind a slower one.
+            if !handle.is_finished() && writer.flush().await.is_err() {
+                return;
+            }
             let response = match handle.await {
                 Ok(Ok(response)) => response,
                 Ok(Err(reason)) => {

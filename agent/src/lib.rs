@@ -7,6 +7,7 @@ mod batcher;
 mod catalog;
 mod config;
 mod connection;
+mod index;
 mod names;
 mod reader;
 mod topic_config;

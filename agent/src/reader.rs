@@ -9,6 +9,8 @@ use shoal_metadata::{BatchIndexEntry, MetadataError, MetadataStore, PartitionOff
 use shoal_storage::batch::{BatchError, BatchHeader, batches, patch_base_offsets};
 use shoal_storage::{ChunkCache, ObjectStorage, StorageError};
 
+use crate::index::RecentIndex;
+
 /// Why a partition read failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -27,6 +29,7 @@ pub enum ReadError {
 #[derive(Clone)]
 pub struct Reader {
     store: Arc<dyn MetadataStore>,
+    index: Arc<RecentIndex>,
     storage: Arc<ObjectStorage>,
     cache: Arc<ChunkCache>,
 }
@@ -34,22 +37,27 @@ pub struct Reader {
 impl Reader {
     pub fn new(
         store: Arc<dyn MetadataStore>,
+        index: Arc<RecentIndex>,
         storage: Arc<ObjectStorage>,
         cache: Arc<ChunkCache>,
     ) -> Self {
         Self {
             store,
+            index,
             storage,
             cache,
         }
     }
 
+    /// The partition's offsets, with a high watermark of at least `at_least` when the
+    /// sequencer has one (see [`RecentIndex::offsets`]).
     pub async fn offsets(
         &self,
         topic: TopicId,
         partition: i32,
+        at_least: i64,
     ) -> Result<PartitionOffsets, ReadError> {
-        Ok(self.store.partition_offsets(topic, partition).await?)
+        Ok(self.index.offsets(topic, partition, at_least).await?)
     }
 
     /// Reads batches from `offset` on, up to `max_bytes` (but always at least one whole batch
@@ -64,7 +72,7 @@ impl Reader {
         at_least_one: bool,
     ) -> Result<Bytes, ReadError> {
         let entries = self
-            .store
+            .index
             .batches(topic, partition, offset, max_bytes)
             .await?;
         let mut out: Vec<Bytes> = Vec::new();

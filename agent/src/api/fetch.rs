@@ -158,7 +158,7 @@ async fn read_partition(
 ) -> Result<(shoal_metadata::PartitionOffsets, Bytes), i16> {
     let offsets = ctx
         .reader
-        .offsets(topic, partition)
+        .offsets(topic, partition, fetch_offset)
         .await
         .map_err(|e| read_error_code(&e))?;
     if fetch_offset < offsets.log_start_offset || fetch_offset > offsets.high_watermark {

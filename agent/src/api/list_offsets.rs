@@ -55,7 +55,7 @@ async fn lookup(
 ) -> Result<(i64, i64), i16> {
     let offsets = ctx
         .reader
-        .offsets(topic, partition)
+        .offsets(topic, partition, 0)
         .await
         .map_err(|e| code(&e))?;
     let found = match timestamp {
