@@ -452,3 +452,129 @@ async fn pipelined_requests_are_answered_in_order() {
     assert_eq!(offsets, (0..10).map(|i| i * 5).collect::<Vec<_>>());
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_offsets_max_timestamp() {
+    let agent = TestAgent::start().await;
+    let mut conn = Conn::open(&agent).await;
+    create_topic(&mut conn, "max-ts").await;
+    // Timestamps 1_700_000_000_000 + 0..10: the largest is at offset 9.
+    assert_eq!(
+        produce_error(&mut conn, "max-ts", batch(10, Compression::Lz4)).await,
+        0
+    );
+    // Older timestamps later in the log do not move it.
+    assert_eq!(
+        produce_error(&mut conn, "max-ts", batch(5, Compression::None)).await,
+        0
+    );
+    let response: ListOffsetsResponse = conn
+        .call(
+            ApiKey::ListOffsets,
+            7,
+            &ListOffsetsRequest::default().with_topics(vec![
+                list_offsets_request::ListOffsetsTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("max-ts")))
+                    .with_partitions(vec![
+                        list_offsets_request::ListOffsetsPartition::default()
+                            .with_partition_index(0)
+                            .with_timestamp(-3),
+                    ]),
+            ]),
+        )
+        .await;
+    let partition = &response.topics[0].partitions[0];
+    assert_eq!(partition.error_code, 0);
+    assert_eq!(
+        (partition.offset, partition.timestamp),
+        (9, 1_700_000_000_009)
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_alter_configs() {
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    use kafka_protocol::messages::incremental_alter_configs_request::{
+        AlterConfigsResource, AlterableConfig,
+    };
+    use kafka_protocol::messages::{
+        DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest,
+        IncrementalAlterConfigsResponse,
+    };
+
+    let agent = TestAgent::start().await;
+    let mut conn = Conn::open(&agent).await;
+    create_topic(&mut conn, "incremental").await;
+    let op = |name: &'static str, op: i8, value: Option<&'static str>| {
+        AlterableConfig::default()
+            .with_name(StrBytes::from_static_str(name))
+            .with_config_operation(op)
+            .with_value(value.map(StrBytes::from_static_str))
+    };
+    let alter = |configs: Vec<AlterableConfig>| {
+        IncrementalAlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_static_str("incremental"))
+                .with_configs(configs),
+        ])
+    };
+    let set_and_append = alter(vec![
+        op("retention.ms", 0, Some("60000")),
+        op("max.message.bytes", 0, Some("2048")),
+        op("cleanup.policy", 2, Some("compact")),
+    ]);
+    let response: IncrementalAlterConfigsResponse = conn
+        .call(ApiKey::IncrementalAlterConfigs, 1, &set_and_append)
+        .await;
+    assert_eq!(response.responses[0].error_code, 0);
+    let delete = alter(vec![op("max.message.bytes", 1, None)]);
+    let response: IncrementalAlterConfigsResponse =
+        conn.call(ApiKey::IncrementalAlterConfigs, 1, &delete).await;
+    assert_eq!(response.responses[0].error_code, 0);
+    let bad = alter(vec![op("retention.ms", 2, Some("5"))]);
+    let response: IncrementalAlterConfigsResponse =
+        conn.call(ApiKey::IncrementalAlterConfigs, 1, &bad).await;
+    assert_eq!(
+        response.responses[0].error_code, 40,
+        "APPEND to a non-list: INVALID_CONFIG"
+    );
+
+    let described: DescribeConfigsResponse = conn
+        .call(
+            ApiKey::DescribeConfigs,
+            4,
+            &DescribeConfigsRequest::default().with_resources(vec![
+                DescribeConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(StrBytes::from_static_str("incremental"))
+                    .with_configuration_keys(Some(vec![
+                        StrBytes::from_static_str("retention.ms"),
+                        StrBytes::from_static_str("cleanup.policy"),
+                        StrBytes::from_static_str("max.message.bytes"),
+                    ])),
+            ]),
+        )
+        .await;
+    let values: Vec<(String, String, i8)> = described.results[0]
+        .configs
+        .iter()
+        .map(|c| {
+            (
+                c.name.to_string(),
+                c.value.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                c.config_source,
+            )
+        })
+        .collect();
+    assert_eq!(
+        values,
+        vec![
+            ("cleanup.policy".into(), "delete,compact".into(), 1),
+            ("retention.ms".into(), "60000".into(), 1),
+            ("max.message.bytes".into(), "1048588".into(), 5),
+        ]
+    );
+    agent.stop().await;
+}
