@@ -57,6 +57,10 @@ impl Agent {
             .map_err(|e| StartError::Runtime(format!("listener address: {e}")))?;
         let node = advertised_node(&config, local_addr)?;
 
+        let cluster_id = store
+            .cluster_id()
+            .await
+            .map_err(|e| StartError::Runtime(format!("cannot read the cluster id: {e}")))?;
         let catalog = Catalog::new(store.clone());
         catalog
             .reload()
@@ -88,7 +92,7 @@ impl Agent {
             commits,
             shutdown: shutdown_rx,
             node,
-            cluster_id: "shoal".to_string(),
+            cluster_id,
         });
         let server = tokio::spawn(accept_loop(listener, ctx));
         Ok(Agent {

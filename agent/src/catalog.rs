@@ -19,6 +19,9 @@ pub struct TopicEntry {
 
 /// How long a cached view may lag changes made by other agents.
 const REFRESH_AFTER: Duration = Duration::from_secs(2);
+/// Least time between reloads caused by lookups of unknown topics, so clients asking for
+/// topics that do not exist cannot make every request reload the catalog.
+const MISS_RELOAD_AFTER: Duration = Duration::from_millis(100);
 
 #[derive(Default)]
 struct Snapshot {
@@ -76,23 +79,42 @@ impl Catalog {
         }
     }
 
-    /// The topic named `name`; a miss reloads once, since another agent may have created it.
+    /// Reloads after a lookup missed, unless a reload happened a moment ago; reports whether
+    /// it reloaded.
+    async fn reload_after_miss(&self) -> Result<bool, MetadataError> {
+        let recent = self
+            .snapshot
+            .read()
+            .loaded_at
+            .is_some_and(|t| t.elapsed() < MISS_RELOAD_AFTER);
+        if recent {
+            return Ok(false);
+        }
+        self.reload().await.map(|_| true)
+    }
+
+    /// The topic named `name`; a miss reloads (at most every [`MISS_RELOAD_AFTER`]), since
+    /// another agent may have created it.
     pub async fn by_name(&self, name: &str) -> Result<Option<Arc<TopicEntry>>, MetadataError> {
         self.refresh_if_stale().await?;
         if let Some(entry) = self.snapshot.read().by_name.get(name) {
             return Ok(Some(entry.clone()));
         }
-        self.reload().await?;
+        if !self.reload_after_miss().await? {
+            return Ok(None);
+        }
         Ok(self.snapshot.read().by_name.get(name).cloned())
     }
 
-    /// The topic with id `id`; a miss reloads once.
+    /// The topic with id `id`; a miss reloads as [`Catalog::by_name`] does.
     pub async fn by_id(&self, id: TopicId) -> Result<Option<Arc<TopicEntry>>, MetadataError> {
         self.refresh_if_stale().await?;
         if let Some(entry) = self.snapshot.read().by_id.get(&id) {
             return Ok(Some(entry.clone()));
         }
-        self.reload().await?;
+        if !self.reload_after_miss().await? {
+            return Ok(None);
+        }
         Ok(self.snapshot.read().by_id.get(&id).cloned())
     }
 

@@ -8,6 +8,7 @@ use crate::{ChunkCommit, CommitOutcome, MetadataError, MetadataStore, ObjectComm
 
 /// Runs every check in order on one empty store; panics (test failure) on the first mismatch.
 pub async fn run_all(store: Arc<dyn MetadataStore>) {
+    cluster_id(store.as_ref()).await;
     topics(store.as_ref()).await;
     commits_assign_dense_offsets(store.as_ref()).await;
     retried_commit_returns_first_offsets(store.as_ref()).await;
@@ -33,6 +34,16 @@ fn object(id: &str, chunks: Vec<ChunkCommit>) -> ObjectCommit {
         size: chunks.iter().map(|c| c.size).sum(),
         chunks,
     }
+}
+
+async fn cluster_id(store: &dyn MetadataStore) {
+    let id = store.cluster_id().await.unwrap();
+    assert_eq!(id.len(), 22);
+    assert_eq!(
+        store.cluster_id().await.unwrap(),
+        id,
+        "the cluster id never changes"
+    );
 }
 
 async fn topics(store: &dyn MetadataStore) {

@@ -28,6 +28,10 @@ pub type Result<T, E = MetadataError> = std::result::Result<T, E>;
 /// Methods are one transaction each: a caller never sees half of a commit or half of a topic.
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
+    /// The cluster id (Kafka's, a 22-character URL-safe base64 UUID), made on first use and
+    /// the same for every agent of the cluster ever after.
+    async fn cluster_id(&self) -> Result<String>;
+
     /// Creates a topic with `partitions` partitions and the given topic configs.
     /// Fails with [`MetadataError::TopicExists`] if the name is taken.
     async fn create_topic(

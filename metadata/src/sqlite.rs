@@ -152,8 +152,33 @@ fn entry_from(row: &sqlx::sqlite::SqliteRow) -> Result<BatchIndexEntry> {
     })
 }
 
+/// A Kafka-style cluster id: a random UUID in URL-safe base64 without padding.
+fn new_cluster_id() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bits = uuid::Uuid::new_v4().as_u128();
+    // 22 digits of 6 bits cover 132 bits; the top 4 are zero.
+    (0..22)
+        .rev()
+        .map(|i| ALPHABET[((bits >> (i * 6)) & 0x3f) as usize] as char)
+        .collect()
+}
+
 #[async_trait]
 impl MetadataStore for SqliteStore {
+    async fn cluster_id(&self) -> Result<String> {
+        let mut tx = self.write().await?;
+        sqlx::query("INSERT INTO cluster (singleton, id) VALUES (1, ?) ON CONFLICT DO NOTHING")
+            .bind(new_cluster_id())
+            .execute(&mut *tx)
+            .await?;
+        let id: String = sqlx::query("SELECT id FROM cluster WHERE singleton = 1")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("id")?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
     async fn create_topic(
         &self,
         name: &str,
