@@ -99,11 +99,21 @@ impl Conn {
     }
 }
 
+fn api_versions_request(name: &'static str, version: &'static str) -> ApiVersionsRequest {
+    ApiVersionsRequest::default()
+        .with_client_software_name(StrBytes::from_static_str(name))
+        .with_client_software_version(StrBytes::from_static_str(version))
+}
+
 /// The agent still answers a fresh client.
 async fn assert_serving(agent: &TestAgent) {
     let mut conn = Conn::open(agent).await;
     let response: ApiVersionsResponse = conn
-        .call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default())
+        .call(
+            ApiKey::ApiVersions,
+            3,
+            &api_versions_request("protocol-test", "1.0"),
+        )
         .await;
     assert_eq!(response.error_code, 0);
 }
@@ -384,12 +394,21 @@ async fn api_versions_fallback_and_unsupported_apis() {
         .call(
             ApiKey::ApiVersions,
             3,
-            &ApiVersionsRequest::default()
-                .with_client_software_name(StrBytes::from_static_str("protocol-test"))
-                .with_client_software_version(StrBytes::from_static_str("1.0")),
+            &api_versions_request("protocol-test", "1.0"),
         )
         .await;
     assert_eq!(versions.error_code, 0);
+    let invalid: ApiVersionsResponse = conn
+        .call(
+            ApiKey::ApiVersions,
+            3,
+            &api_versions_request("bad name!", "1.0"),
+        )
+        .await;
+    assert_eq!(
+        invalid.error_code, 42,
+        "INVALID_REQUEST for a bad software name"
+    );
     assert!(
         versions
             .api_keys

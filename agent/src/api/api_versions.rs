@@ -71,15 +71,40 @@ fn api_keys() -> Vec<ApiVersion> {
 }
 
 pub fn handle(ctx: &RequestContext, request: ApiVersionsRequest) -> ApiVersionsResponse {
-    if ctx.version >= 3 {
-        tracing::debug!(
-            client_id = ctx.client_id.as_deref().unwrap_or(""),
-            software = %request.client_software_name,
-            software_version = %request.client_software_version,
-            "client connected"
-        );
+    let response = ApiVersionsResponse::default().with_api_keys(api_keys());
+    if ctx.version < 3 {
+        return response;
     }
-    ApiVersionsResponse::default().with_api_keys(api_keys())
+    let name = request.client_software_name.as_str();
+    let version = request.client_software_version.as_str();
+    if !valid_software_field(name) || !valid_software_field(version) {
+        // As Kafka: the client learns our versions, but is told its self-description is bad.
+        tracing::warn!(name, version, "invalid client software name or version");
+        return response.with_error_code(ResponseError::InvalidRequest.code());
+    }
+    tracing::debug!(
+        client_id = ctx.client_id.as_deref().unwrap_or(""),
+        software = name,
+        software_version = version,
+        "client connected"
+    );
+    response
+}
+
+/// Kafka's rule for the v3 client software fields: letters, digits, '-' and '.', starting
+/// and ending with a letter or digit.
+fn valid_software_field(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    match (bytes.first(), bytes.last()) {
+        (Some(first), Some(last)) => {
+            first.is_ascii_alphanumeric()
+                && last.is_ascii_alphanumeric()
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
+        }
+        _ => false,
+    }
 }
 
 /// The KIP-511 answer to an ApiVersions version we do not know, encoded as v0.
@@ -87,4 +112,19 @@ pub fn fallback() -> ApiVersionsResponse {
     ApiVersionsResponse::default()
         .with_error_code(ResponseError::UnsupportedVersion.code())
         .with_api_keys(api_keys())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_software_field;
+
+    #[test]
+    fn software_fields() {
+        for good in ["librdkafka", "2.12.1", "apache-kafka-java", "a"] {
+            assert!(valid_software_field(good), "{good}");
+        }
+        for bad in ["", "-x", "x.", "has space", "ü", "a_b"] {
+            assert!(!valid_software_field(bad), "{bad}");
+        }
+    }
 }
