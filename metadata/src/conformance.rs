@@ -308,6 +308,16 @@ mod tests {
         super::run_all(store).await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_backend_conforms() {
+        let Some(pg) = crate::testing::TestPostgres::start_unless_skipped().unwrap() else {
+            return;
+        };
+        let url = pg.create_database().await.unwrap();
+        let store = crate::open(&url).await.unwrap();
+        super::run_all(store).await;
+    }
+
     #[tokio::test]
     async fn bad_urls_are_refused() {
         assert!(crate::open("mysql://x").await.is_err());

@@ -7,7 +7,10 @@
 
 pub mod conformance;
 mod error;
+mod postgres;
 mod sqlite;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod types;
 
 use std::collections::BTreeMap;
@@ -15,6 +18,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 
 pub use error::MetadataError;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use types::{
     BatchIndexEntry, ChunkCommit, CommitOutcome, ObjectCommit, PartitionOffsets, Topic, TopicId,
@@ -102,8 +106,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     ) -> Result<Option<BatchIndexEntry>>;
 }
 
-/// Opens the metadata store named by a URL (`sqlite://path/to/metadata.db`), creating and
-/// migrating it as needed.
+/// Opens the metadata store named by a URL (`sqlite://path/to/metadata.db` for one node,
+/// `postgres://user@host/db` for a fleet), creating and migrating it as needed.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn MetadataStore>> {
     let parsed = url::Url::parse(url).map_err(|e| MetadataError::InvalidUrl {
         url: url.to_string(),
@@ -111,9 +115,10 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn MetadataStore>> {
     })?;
     match parsed.scheme() {
         "sqlite" => Ok(std::sync::Arc::new(SqliteStore::open(url).await?)),
+        "postgres" | "postgresql" => Ok(std::sync::Arc::new(PostgresStore::open(url).await?)),
         other => Err(MetadataError::InvalidUrl {
             url: url.to_string(),
-            reason: format!("unsupported scheme `{other}` (expected sqlite://)"),
+            reason: format!("unsupported scheme `{other}` (expected sqlite:// or postgres://)"),
         }),
     }
 }

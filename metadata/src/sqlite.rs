@@ -64,7 +64,7 @@ impl SqliteStore {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -153,7 +153,7 @@ fn entry_from(row: &sqlx::sqlite::SqliteRow) -> Result<BatchIndexEntry> {
 }
 
 /// A Kafka-style cluster id: a random UUID in URL-safe base64 without padding.
-fn new_cluster_id() -> String {
+pub(crate) fn new_cluster_id() -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let bits = uuid::Uuid::new_v4().as_u128();
     // 22 digits of 6 bits cover 132 bits; the top 4 are zero.
