@@ -22,7 +22,8 @@ pub struct AgentArgs {
     #[arg(long, env = "SHOAL_ADVERTISE")]
     pub advertise: Option<String>,
 
-    /// Metadata sequencer URL: sqlite://PATH (created if missing).
+    /// Metadata sequencer URL: sqlite://PATH (created if missing) or
+    /// postgres://USER@HOST:PORT/DB (migrated on start).
     #[arg(
         long,
         env = "SHOAL_METADATA",
