@@ -42,10 +42,11 @@ pub struct Agent {
 impl Agent {
     /// Opens storage and metadata, binds the listener and starts serving.
     pub async fn start(config: AgentConfig) -> Result<Agent, StartError> {
-        let storage =
-            Arc::new(ObjectStorage::from_url(&config.objects_url).map_err(|e| {
+        let storage = Arc::new(
+            ObjectStorage::open(&config.objects_url, &config.s3).map_err(|e| {
                 StartError::Config(format!("--objects {}: {e}", config.objects_url))
-            })?);
+            })?,
+        );
         let store = shoal_metadata::open(&config.metadata_url)
             .await
             .map_err(|e| StartError::Config(format!("--metadata {}: {e}", config.metadata_url)))?;

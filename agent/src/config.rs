@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
+use shoal_storage::S3Options;
 
 /// Default flush interval on object stores, where each PUT costs tens of milliseconds.
 pub const DEFAULT_FLUSH_INTERVAL_OBJECT_STORE: Duration = Duration::from_millis(250);
@@ -31,13 +32,30 @@ pub struct AgentArgs {
     )]
     pub metadata: String,
 
-    /// Object storage URL: file://DIRECTORY (created if missing).
+    /// Object storage URL: file://DIRECTORY (created if missing) or s3://BUCKET[/PREFIX]
+    /// (credentials from the standard AWS environment).
     #[arg(
         long,
         env = "SHOAL_OBJECTS",
         default_value = "file://shoal-data/objects"
     )]
     pub objects: String,
+
+    /// Endpoint URL of an S3-compatible store (default: AWS, or AWS_ENDPOINT).
+    #[arg(long, env = "SHOAL_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region (default: AWS_REGION or AWS_DEFAULT_REGION, else us-east-1).
+    #[arg(long, env = "SHOAL_S3_REGION")]
+    pub s3_region: Option<String>,
+
+    /// Allow an http:// S3 endpoint.
+    #[arg(long, env = "SHOAL_S3_ALLOW_HTTP")]
+    pub s3_allow_http: bool,
+
+    /// Address S3 buckets as BUCKET.ENDPOINT instead of ENDPOINT/BUCKET.
+    #[arg(long, env = "SHOAL_S3_VIRTUAL_HOSTED_STYLE")]
+    pub s3_virtual_hosted_style: bool,
 
     /// Availability zone of this agent.
     #[arg(long, env = "SHOAL_ZONE")]
@@ -85,6 +103,8 @@ pub struct AgentConfig {
     pub advertise: Option<String>,
     pub metadata_url: String,
     pub objects_url: String,
+    /// Settings for `s3://` object URLs.
+    pub s3: S3Options,
     pub zone: Option<String>,
     pub flush_interval: Duration,
     pub flush_bytes: u64,
@@ -102,6 +122,10 @@ impl AgentConfig {
             advertise: None,
             metadata: format!("sqlite://{}/metadata.db", dir.display()),
             objects: format!("file://{}/objects", dir.display()),
+            s3_endpoint: None,
+            s3_region: None,
+            s3_allow_http: false,
+            s3_virtual_hosted_style: false,
             zone: None,
             flush_interval: None,
             flush_bytes: 4 << 20,
@@ -128,6 +152,13 @@ impl From<AgentArgs> for AgentConfig {
             advertise: args.advertise,
             metadata_url: args.metadata,
             objects_url: args.objects,
+            s3: S3Options {
+                endpoint: args.s3_endpoint,
+                region: args.s3_region,
+                allow_http: args.s3_allow_http,
+                virtual_hosted_style: args.s3_virtual_hosted_style,
+                credentials: None,
+            },
             zone: args.zone,
             flush_interval,
             flush_bytes: args.flush_bytes.max(1),

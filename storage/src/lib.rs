@@ -10,4 +10,4 @@ pub mod store;
 pub use batch::{BatchError, BatchHeader, Validated};
 pub use cache::ChunkCache;
 pub use object::{BuiltObject, ChunkInfo, ObjectBuilder, ObjectError};
-pub use store::{ObjectStorage, StorageError};
+pub use store::{ObjectStorage, S3Credentials, S3Options, StorageError};

@@ -1,22 +1,27 @@
 //! Object store access.
 //!
 //! Objects are stored under `<prefix>/<object_id>`: the storage URL names a location
-//! dedicated to Shoal's objects (`file://shoal-data/objects`, later `s3://bucket/prefix`),
-//! so no further namespace is added.
+//! dedicated to Shoal's objects (`file://shoal-data/objects`, `s3://bucket/prefix`), so no
+//! further namespace is added.
 
 use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    RetryConfig,
+};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum StorageError {
-    #[error("unsupported object storage URL {0:?} (expected file://PATH)")]
+    #[error("unsupported object storage URL {0:?} (expected file://PATH or s3://BUCKET[/PREFIX])")]
     UnsupportedUrl(String),
     #[error("object directory {path} is not usable: {source}")]
     LocalDir {
@@ -42,6 +47,37 @@ pub fn new_object_id() -> String {
     ulid::Ulid::generate().to_string()
 }
 
+/// Settings of an S3 (or S3-compatible) store. Unset values and credentials come from the
+/// standard AWS environment (`AWS_REGION`, `AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, ...).
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    /// Endpoint URL of an S3-compatible store (MinIO, R2, a test server).
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Allow `http://` endpoints.
+    pub allow_http: bool,
+    /// Address buckets as `BUCKET.endpoint` rather than `endpoint/BUCKET`.
+    pub virtual_hosted_style: bool,
+    /// Static credentials instead of the environment's, for in-process test servers
+    /// (tests of one process cannot each set their own environment).
+    pub credentials: Option<S3Credentials>,
+}
+
+/// An access key pair.
+#[derive(Clone)]
+pub struct S3Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Shoal's view of an object store: immutable objects addressed by id.
 #[derive(Debug, Clone)]
 pub struct ObjectStorage {
@@ -61,13 +97,81 @@ impl ObjectStorage {
         }
     }
 
-    /// Opens the storage named by a URL. Only `file://PATH` is supported so far; PATH may
-    /// be relative (`file://shoal-data/objects`) or absolute (`file:///var/lib/shoal`).
+    /// Opens the storage named by a URL with default S3 settings; see [`Self::open`].
+    pub fn from_url(url: &str) -> Result<ObjectStorage, StorageError> {
+        Self::open(url, &S3Options::default())
+    }
+
+    /// Opens the storage named by a URL: `file://PATH` or `s3://BUCKET[/PREFIX]`.
+    pub fn open(url: &str, s3: &S3Options) -> Result<ObjectStorage, StorageError> {
+        match url.strip_prefix("s3://") {
+            Some(rest) => Self::open_s3(url, rest, s3),
+            None => Self::open_local(url),
+        }
+    }
+
+    /// Opens `s3://BUCKET[/PREFIX]` (`rest` is the part after `s3://`).
+    ///
+    /// Retries and timeouts are explicit so that 5xx answers (S3's `SlowDown`) and slow or
+    /// stalled responses are retried a bounded number of times, then surface as a failed
+    /// flush, which the producer sees as an error and retries; nothing is acknowledged
+    /// before its PUT succeeded. object_store does not retry a PUT that timed out mid-way
+    /// (it counts PUTs as non-idempotent); the producer's retry writes a fresh object.
+    fn open_s3(url: &str, rest: &str, s3: &S3Options) -> Result<ObjectStorage, StorageError> {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(StorageError::UnsupportedUrl(url.to_owned()));
+        }
+        let retry = RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(2),
+                base: 2.0,
+            },
+            max_retries: 5,
+            retry_timeout: Duration::from_secs(20),
+        };
+        let client = ClientOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(30));
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(retry)
+            .with_client_options(client);
+        if let Some(endpoint) = &s3.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if let Some(region) = &s3.region {
+            builder = builder.with_region(region);
+        }
+        // `false` keeps what the environment says (AWS_ALLOW_HTTP, ...).
+        if s3.allow_http {
+            builder = builder.with_allow_http(true);
+        }
+        if s3.virtual_hosted_style {
+            builder = builder.with_virtual_hosted_style_request(true);
+        }
+        if let Some(credentials) = &s3.credentials {
+            builder = builder
+                .with_access_key_id(&credentials.access_key_id)
+                .with_secret_access_key(&credentials.secret_access_key);
+        }
+        // Create-only PUTs are sent with `If-None-Match: *` (object_store's default
+        // conditional-put mode), which S3 has honoured since 2024, so a retried PUT whose
+        // response was lost is detected by `put` rather than silently overwriting.
+        Ok(Self::new(
+            Arc::new(builder.build()?),
+            prefix.trim_matches('/'),
+        ))
+    }
+
+    /// Opens `file://PATH`; PATH may be relative (`file://shoal-data/objects`) or absolute
+    /// (`file:///var/lib/shoal`).
     ///
     /// The directory is created and probed with a write and a delete, so a bad directory
     /// fails at startup rather than on the first flush. Writes are fsynced: an object is
     /// acknowledged only once durable.
-    pub fn from_url(url: &str) -> Result<ObjectStorage, StorageError> {
+    fn open_local(url: &str) -> Result<ObjectStorage, StorageError> {
         let dir = url
             .strip_prefix("file://")
             .filter(|path| !path.is_empty())
@@ -223,7 +327,7 @@ mod tests {
         ObjectStorage::from_url(&format!("file://{name}/shoal-data/objects")).unwrap();
         assert!(dir.path().join("shoal-data/objects").is_dir());
 
-        for url in ["s3://bucket/prefix", "file://", "shoal-data"] {
+        for url in ["s3://", "s3:///prefix", "file://", "shoal-data"] {
             assert!(matches!(
                 ObjectStorage::from_url(url),
                 Err(StorageError::UnsupportedUrl(_))
@@ -238,6 +342,23 @@ mod tests {
         std::fs::write(&file, b"").unwrap();
         let err = ObjectStorage::from_url(&format!("file://{}", file.display())).unwrap_err();
         assert!(matches!(err, StorageError::LocalDir { .. }), "{err}");
+    }
+
+    #[test]
+    fn s3_urls() {
+        let options = S3Options {
+            region: Some("us-east-1".into()),
+            ..S3Options::default()
+        };
+        for (url, prefix) in [
+            ("s3://bucket", ""),
+            ("s3://bucket/", ""),
+            ("s3://bucket/a/b/", "a/b"),
+        ] {
+            let storage = ObjectStorage::open(url, &options).unwrap();
+            assert_eq!(storage.prefix.as_ref(), prefix, "{url}");
+            assert!(matches!(storage.put_mode, PutMode::Create));
+        }
     }
 
     #[tokio::test]

@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 
 use shoal_agent::{Agent, AgentConfig};
 
+mod s3;
+pub use s3::TestS3;
+
 /// The agent binary's allocator, so in-process agents survive frames that claim huge arrays
 /// the same way the `shoal` binary does.
 #[global_allocator]

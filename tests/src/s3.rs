@@ -1,0 +1,180 @@
+//! An in-process S3 endpoint for tests of `s3://` object storage: `s3s-fs` (objects as files
+//! in a temporary directory) served over hyper on loopback, with fault hooks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::auth::SimpleAuth;
+use s3s::dto::{
+    DeleteObjectsInput, DeleteObjectsOutput, GetObjectInput, GetObjectOutput, HeadObjectInput,
+    HeadObjectOutput, PutObjectInput, PutObjectOutput,
+};
+use s3s::service::S3ServiceBuilder;
+use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
+use s3s_fs::FileSystem;
+use shoal_storage::{S3Credentials, S3Options};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// The one bucket the endpoint serves.
+const BUCKET: &str = "shoal-test";
+const ACCESS_KEY: &str = "shoal-test-key";
+const SECRET_KEY: &str = "shoal-test-secret";
+
+/// A running test endpoint; stops when dropped. Requests must be signed with its fixed
+/// credentials, which [`TestS3::options`] hands to the agent through
+/// [`S3Options::credentials`] (each test has its own endpoint, so the process environment
+/// cannot carry them).
+pub struct TestS3 {
+    addr: SocketAddr,
+    faults: Arc<Faults>,
+    server: JoinHandle<()>,
+    dir: tempfile::TempDir,
+}
+
+#[derive(Default)]
+struct Faults {
+    latency_ms: AtomicU64,
+    fail_puts: AtomicBool,
+    failed_puts: AtomicU64,
+}
+
+impl TestS3 {
+    /// Starts an endpoint with an empty bucket on a free loopback port.
+    pub async fn start() -> TestS3 {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        std::fs::create_dir(dir.path().join(BUCKET)).expect("bucket directory");
+        let faults = Arc::new(Faults::default());
+        let fs = FileSystem::new(dir.path()).expect("s3s-fs root");
+        let mut builder = S3ServiceBuilder::new(FaultyFs {
+            fs,
+            faults: faults.clone(),
+        });
+        builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        let service = builder.build();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let server = tokio::spawn(async move {
+            let http = ConnBuilder::new(TokioExecutor::new());
+            while let Ok((socket, _)) = listener.accept().await {
+                let conn = http
+                    .serve_connection(TokioIo::new(socket), service.clone())
+                    .into_owned();
+                tokio::spawn(conn);
+            }
+        });
+        TestS3 {
+            addr,
+            faults,
+            server,
+            dir,
+        }
+    }
+
+    /// `--objects` URL for objects under `prefix` in the bucket.
+    pub fn url(&self, prefix: &str) -> String {
+        format!("s3://{BUCKET}/{prefix}")
+    }
+
+    /// Settings that reach this endpoint.
+    pub fn options(&self) -> S3Options {
+        S3Options {
+            endpoint: Some(format!("http://{}", self.addr)),
+            region: Some("us-east-1".into()),
+            allow_http: true,
+            virtual_hosted_style: false,
+            credentials: Some(S3Credentials {
+                access_key_id: ACCESS_KEY.into(),
+                secret_access_key: SECRET_KEY.into(),
+            }),
+        }
+    }
+
+    /// Where objects under `prefix` are stored as files.
+    pub fn dir(&self, prefix: &str) -> PathBuf {
+        self.dir.path().join(BUCKET).join(prefix)
+    }
+
+    /// Delays every request by `latency` before serving it.
+    pub fn set_latency(&self, latency: Duration) {
+        let ms = latency.as_millis().try_into().unwrap_or(u64::MAX);
+        self.faults.latency_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// While on, every PUT fails with 503 Service Unavailable and stores nothing.
+    pub fn fail_puts(&self, on: bool) {
+        self.faults.fail_puts.store(on, Ordering::SeqCst);
+    }
+
+    /// PUTs refused so far.
+    pub fn failed_puts(&self) -> u64 {
+        self.faults.failed_puts.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TestS3 {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// `s3s_fs::FileSystem` behind the fault hooks; only the operations object_store's
+/// put/get/head/delete use are served.
+struct FaultyFs {
+    fs: FileSystem,
+    faults: Arc<Faults>,
+}
+
+impl FaultyFs {
+    async fn delay(&self) {
+        let ms = self.faults.latency_ms.load(Ordering::Relaxed);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl S3 for FaultyFs {
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        self.delay().await;
+        if self.faults.fail_puts.load(Ordering::SeqCst) {
+            self.faults.failed_puts.fetch_add(1, Ordering::SeqCst);
+            return Err(s3_error!(ServiceUnavailable, "test endpoint refuses PUTs"));
+        }
+        self.fs.put_object(req).await
+    }
+
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        self.delay().await;
+        self.fs.get_object(req).await
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        self.delay().await;
+        self.fs.head_object(req).await
+    }
+
+    /// object_store deletes through the bulk API, even one object at a time.
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        self.delay().await;
+        self.fs.delete_objects(req).await
+    }
+}
