@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use shoal_metadata::{BatchIndexEntry, MetadataError, MetadataStore, PartitionOffsets, TopicId};
+use shoal_metadata::{
+    BatchBudget, BatchIndexEntry, MetadataError, MetadataStore, PartitionOffsets, TopicId,
+};
 
 /// How long cached offsets are trusted without asking the sequencer.
 const MAX_AGE: Duration = Duration::from_millis(250);
@@ -119,16 +121,13 @@ impl RecentIndex {
                     .front()
                     .is_some_and(|first| first.base_offset <= from_offset)
             {
-                let mut out = Vec::new();
-                let mut total = 0u64;
+                let mut budget = BatchBudget::new(max_bytes);
                 for row in state.rows.iter().filter(|r| r.last_offset >= from_offset) {
-                    if !out.is_empty() && total + row.size > max_bytes {
+                    if !budget.push(row.clone()) {
                         break;
                     }
-                    total += row.size;
-                    out.push(row.clone());
                 }
-                return Ok(out);
+                return Ok(budget.into_entries());
             }
         }
         self.store

@@ -21,7 +21,8 @@ pub use error::MetadataError;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use types::{
-    BatchIndexEntry, ChunkCommit, CommitOutcome, ObjectCommit, PartitionOffsets, Topic, TopicId,
+    BatchBudget, BatchIndexEntry, ChunkCommit, CommitOutcome, ObjectCommit, PartitionOffsets,
+    Topic, TopicId,
 };
 
 /// Result alias for the sequencer.

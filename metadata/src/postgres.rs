@@ -12,8 +12,8 @@ use sqlx::{PgConnection, Row};
 
 use crate::sqlite::{new_cluster_id, now_ms};
 use crate::{
-    BatchIndexEntry, CommitOutcome, MetadataError, MetadataStore, ObjectCommit, PartitionOffsets,
-    Result, Topic, TopicId,
+    BatchBudget, BatchIndexEntry, CommitOutcome, MetadataError, MetadataStore, ObjectCommit,
+    PartitionOffsets, Result, Topic, TopicId,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -406,10 +406,9 @@ impl MetadataStore for PostgresStore {
              b.position, b.size FROM batches b \
              WHERE b.topic_id = $1::uuid AND b.partition = $2 AND b.last_offset >= $3 \
              ORDER BY b.base_offset LIMIT $4";
-        let mut entries = Vec::new();
-        let mut total = 0u64;
-        let mut from = from_offset;
+        let mut budget = BatchBudget::new(max_bytes);
         loop {
+            let from = budget.next_offset().unwrap_or(from_offset);
             let rows = sqlx::query(sql)
                 .bind(topic.to_string())
                 .bind(partition)
@@ -419,16 +418,12 @@ impl MetadataStore for PostgresStore {
                 .await?;
             let page_len = rows.len() as i64;
             for row in &rows {
-                let entry = entry_from(row)?;
-                if !entries.is_empty() && total + entry.size > max_bytes {
-                    return Ok(entries);
+                if !budget.push(entry_from(row)?) {
+                    return Ok(budget.into_entries());
                 }
-                total += entry.size;
-                from = entry.last_offset + 1;
-                entries.push(entry);
             }
-            if page_len < PAGE || total >= max_bytes {
-                return Ok(entries);
+            if page_len < PAGE || budget.is_spent() {
+                return Ok(budget.into_entries());
             }
         }
     }

@@ -11,8 +11,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use crate::{
-    BatchIndexEntry, CommitOutcome, MetadataError, MetadataStore, ObjectCommit, PartitionOffsets,
-    Result, Topic, TopicId,
+    BatchBudget, BatchIndexEntry, CommitOutcome, MetadataError, MetadataStore, ObjectCommit,
+    PartitionOffsets, Result, Topic, TopicId,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -380,10 +380,9 @@ impl MetadataStore for SqliteStore {
         // Rows are contiguous in offsets, so a byte budget bounds the row count; fetch in
         // pages until the budget is spent.
         const PAGE: i64 = 64;
-        let mut entries = Vec::new();
-        let mut total = 0u64;
-        let mut from = from_offset;
+        let mut budget = BatchBudget::new(max_bytes);
         loop {
+            let from = budget.next_offset().unwrap_or(from_offset);
             let rows = sqlx::query(
                 "SELECT base_offset, last_offset, max_timestamp, object_id, position, size \
                  FROM batches WHERE topic_id = ? AND partition = ? AND last_offset >= ? \
@@ -397,16 +396,12 @@ impl MetadataStore for SqliteStore {
             .await?;
             let page_len = rows.len() as i64;
             for row in &rows {
-                let entry = entry_from(row)?;
-                if !entries.is_empty() && total + entry.size > max_bytes {
-                    return Ok(entries);
+                if !budget.push(entry_from(row)?) {
+                    return Ok(budget.into_entries());
                 }
-                total += entry.size;
-                from = entry.last_offset + 1;
-                entries.push(entry);
             }
-            if page_len < PAGE || total >= max_bytes {
-                return Ok(entries);
+            if page_len < PAGE || budget.is_spent() {
+                return Ok(budget.into_entries());
             }
         }
     }

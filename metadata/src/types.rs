@@ -66,3 +66,46 @@ pub struct BatchIndexEntry {
     pub position: u64,
     pub size: u64,
 }
+
+/// Collects batch index rows in offset order until a byte budget is spent, always taking
+/// at least one row so a batch larger than the budget still gets through (as Kafka does).
+#[derive(Debug)]
+pub struct BatchBudget {
+    max_bytes: u64,
+    total: u64,
+    entries: Vec<BatchIndexEntry>,
+}
+
+impl BatchBudget {
+    pub fn new(max_bytes: u64) -> Self {
+        Self {
+            max_bytes,
+            total: 0,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Takes `entry` if it fits; `false` (and the entry is dropped) once the budget is spent.
+    pub fn push(&mut self, entry: BatchIndexEntry) -> bool {
+        if !self.entries.is_empty() && self.total + entry.size > self.max_bytes {
+            return false;
+        }
+        self.total += entry.size;
+        self.entries.push(entry);
+        true
+    }
+
+    /// Whether no further row can fit.
+    pub fn is_spent(&self) -> bool {
+        self.total >= self.max_bytes
+    }
+
+    /// The next offset after the rows taken so far, if any.
+    pub fn next_offset(&self) -> Option<i64> {
+        self.entries.last().map(|e| e.last_offset + 1)
+    }
+
+    pub fn into_entries(self) -> Vec<BatchIndexEntry> {
+        self.entries
+    }
+}
