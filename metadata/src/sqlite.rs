@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Connection, Row, Sqlite, SqliteConnection, Transaction};
 
 use crate::{
     BatchBudget, BatchIndexEntry, CommitOutcome, MetadataError, MetadataStore, ObjectCommit,
@@ -47,6 +47,14 @@ impl SqliteStore {
             })?;
         }
         let in_memory = url.contains(":memory:");
+        if !in_memory {
+            // Create, switch to WAL and migrate on one connection before the pool opens
+            // others: connections racing to change the journal mode of a new database get
+            // SQLITE_BUSY without waiting.
+            let mut conn = SqliteConnection::connect_with(&options).await?;
+            MIGRATOR.run(&mut conn).await?;
+            conn.close().await?;
+        }
         let pool = SqlitePoolOptions::new()
             // An in-memory database lives in one connection only.
             .max_connections(if in_memory { 1 } else { 8 })
@@ -55,7 +63,9 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(options)
             .await?;
-        MIGRATOR.run(&pool).await?;
+        if in_memory {
+            MIGRATOR.run(&pool).await?;
+        }
         Ok(Self { pool })
     }
 
