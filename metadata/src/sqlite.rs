@@ -404,13 +404,8 @@ impl MetadataStore for SqliteStore {
             .bind(PAGE)
             .fetch_all(&self.pool)
             .await?;
-            let page_len = rows.len() as i64;
-            for row in &rows {
-                if !budget.push(entry_from(row)?) {
-                    return Ok(budget.into_entries());
-                }
-            }
-            if page_len < PAGE || budget.is_spent() {
+            let page = rows.iter().map(entry_from).collect::<Result<Vec<_>>>()?;
+            if budget.take_page(page, PAGE as usize) {
                 return Ok(budget.into_entries());
             }
         }

@@ -100,6 +100,18 @@ impl BatchBudget {
         self.total >= self.max_bytes
     }
 
+    /// Takes one page of rows read with `LIMIT limit`; `true` once the listing is complete
+    /// (budget spent, or a short page means no rows are left).
+    pub fn take_page(&mut self, page: Vec<BatchIndexEntry>, limit: usize) -> bool {
+        let len = page.len();
+        for entry in page {
+            if !self.push(entry) {
+                return true;
+            }
+        }
+        len < limit || self.is_spent()
+    }
+
     /// The next offset after the rows taken so far, if any.
     pub fn next_offset(&self) -> Option<i64> {
         self.entries.last().map(|e| e.last_offset + 1)
