@@ -3,8 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::{ChunkCommit, CommitOutcome, MetadataError, MetadataStore, ObjectCommit, Topic};
+use crate::{
+    AgentRegistration, Announcement, ChunkCommit, CommitOutcome, HighWatermark, MetadataError,
+    MetadataStore, ObjectCommit, Topic,
+};
 
 /// Runs every check in order on one empty store; panics (test failure) on the first mismatch.
 pub async fn run_all(store: Arc<dyn MetadataStore>) {
@@ -15,6 +19,9 @@ pub async fn run_all(store: Arc<dyn MetadataStore>) {
     unknown_partition_in_commit(store.as_ref()).await;
     batch_lookups(store.as_ref()).await;
     concurrent_commits(store.clone()).await;
+    agents(store.as_ref()).await;
+    uploads(store.as_ref()).await;
+    announcements(store.as_ref()).await;
 }
 
 fn chunk(topic: &Topic, partition: i32, offset_count: i64, max_timestamp: i64) -> ChunkCommit {
@@ -323,4 +330,170 @@ mod tests {
         assert!(crate::open("mysql://x").await.is_err());
         assert!(crate::open("not a url").await.is_err());
     }
+}
+
+fn registration(zone: &str, port: i32) -> AgentRegistration {
+    AgentRegistration {
+        zone: Some(zone.to_string()),
+        host: "127.0.0.1".to_string(),
+        port,
+    }
+}
+
+async fn agents(store: &dyn MetadataStore) {
+    let long = Duration::from_secs(60);
+    let a = store
+        .register_agent(&registration("zone-a", 9001), long)
+        .await
+        .unwrap();
+    let b = store
+        .register_agent(&registration("zone-b", 9002), long)
+        .await
+        .unwrap();
+    assert_ne!(a, b, "every agent gets its own node id");
+    let live = store.live_agents().await.unwrap();
+    let ids: Vec<i32> = live.iter().map(|agent| agent.id).collect();
+    assert!(ids.contains(&a) && ids.contains(&b), "{live:?}");
+    assert!(ids.is_sorted(), "listed by id: {ids:?}");
+    let listed_b = live.iter().find(|agent| agent.id == b).unwrap();
+    assert_eq!(
+        (listed_b.zone.as_deref(), listed_b.port),
+        (Some("zone-b"), 9002)
+    );
+
+    // A lease that lapses takes the agent out of the list; renewing brings it back.
+    store
+        .renew_agent(b, &registration("zone-b", 9002), Duration::from_millis(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let ids: Vec<i32> = store
+        .live_agents()
+        .await
+        .unwrap()
+        .iter()
+        .map(|x| x.id)
+        .collect();
+    assert!(ids.contains(&a) && !ids.contains(&b), "b expired: {ids:?}");
+    store
+        .renew_agent(b, &registration("zone-c", 9003), long)
+        .await
+        .unwrap();
+    let live = store.live_agents().await.unwrap();
+    let renewed = live.iter().find(|agent| agent.id == b).expect("b is back");
+    assert_eq!(
+        (renewed.zone.as_deref(), renewed.port),
+        (Some("zone-c"), 9003)
+    );
+
+    // A renewal after the row is gone (deregistered, or cleaned up) puts it back.
+    store.deregister_agent(a).await.unwrap();
+    assert!(!store.live_agents().await.unwrap().iter().any(|x| x.id == a));
+    store
+        .renew_agent(a, &registration("zone-a", 9001), long)
+        .await
+        .unwrap();
+    assert!(store.live_agents().await.unwrap().iter().any(|x| x.id == a));
+
+    let c = store
+        .register_agent(&registration("zone-a", 9004), long)
+        .await
+        .unwrap();
+    store.deregister_agent(c).await.unwrap();
+    let d = store
+        .register_agent(&registration("zone-a", 9004), long)
+        .await
+        .unwrap();
+    assert!(d > c, "ids are never reused: {c} then {d}");
+    for id in [a, b, d] {
+        store.deregister_agent(id).await.unwrap();
+    }
+}
+
+async fn uploads(store: &dyn MetadataStore) {
+    let t = store
+        .create_topic("t-uploads", 1, BTreeMap::new())
+        .await
+        .unwrap();
+    let ids: Vec<String> = (0..3).map(|i| format!("obj-upload-{i}")).collect();
+    store.reserve_uploads(7, &ids).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let stale = store.stale_uploads(Duration::ZERO).await.unwrap();
+    let stale_ids: Vec<&str> = stale.iter().map(|u| u.object_id.as_str()).collect();
+    assert_eq!(stale_ids, ["obj-upload-0", "obj-upload-1", "obj-upload-2"]);
+    assert!(
+        stale
+            .iter()
+            .all(|u| u.agent_id == 7 && u.reserved_at_ms > 0)
+    );
+    assert!(
+        store
+            .stale_uploads(Duration::from_secs(3600))
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing reserved an hour ago"
+    );
+
+    // Committing an object clears its reservation; so does releasing an unused key.
+    store
+        .commit_object(&object("obj-upload-0", vec![chunk(&t, 0, 1, 1)]))
+        .await
+        .unwrap();
+    store
+        .release_uploads(&["obj-upload-1".to_string()])
+        .await
+        .unwrap();
+    let left: Vec<String> = store
+        .stale_uploads(Duration::ZERO)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.object_id)
+        .collect();
+    assert_eq!(
+        left,
+        ["obj-upload-2"],
+        "only the never-committed upload stays"
+    );
+    store.release_uploads(&ids).await.unwrap();
+    assert!(
+        store
+            .stale_uploads(Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.delete_topic("t-uploads").await.unwrap();
+}
+
+async fn announcements(store: &dyn MetadataStore) {
+    let marks: Vec<HighWatermark> = (0..500)
+        .map(|p| HighWatermark {
+            topic: uuid::Uuid::from_u128(0xfeed),
+            partition: p,
+            high_watermark: i64::from(p) + 1,
+        })
+        .collect();
+    let Some(mut feed) = store.subscribe().await.unwrap() else {
+        // No notifications in this backend: announcing is a harmless no-op.
+        store.announce(1, &marks).await.unwrap();
+        return;
+    };
+    store.announce(3, &marks).await.unwrap();
+    let mut received = Vec::new();
+    while received.len() < marks.len() {
+        let next = tokio::time::timeout(Duration::from_secs(10), feed.recv())
+            .await
+            .expect("announcement delivered")
+            .expect("feed open");
+        match next {
+            Announcement::Moved { from, marks } => {
+                assert_eq!(from, 3);
+                received.extend(marks);
+            }
+            Announcement::Gap => {}
+        }
+    }
+    assert_eq!(received, marks, "every mark arrives, in order");
 }

@@ -5,6 +5,7 @@
 //! offset ranges to byte ranges of objects. Every backend runs the same conformance suite
 //! ([`conformance`]), so the agent never depends on which one it talks to.
 
+mod announce;
 pub mod conformance;
 mod error;
 mod postgres;
@@ -15,14 +16,17 @@ mod types;
 
 use std::collections::BTreeMap;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
+use tokio::sync::mpsc;
 
 pub use error::MetadataError;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use types::{
-    BatchBudget, BatchIndexEntry, ChunkCommit, CommitOutcome, ObjectCommit, PartitionOffsets,
-    Topic, TopicId,
+    AgentInfo, AgentRegistration, Announcement, BatchBudget, BatchIndexEntry, ChunkCommit,
+    CommitOutcome, HighWatermark, ObjectCommit, PartitionOffsets, Topic, TopicId, Upload,
 };
 
 /// Result alias for the sequencer.
@@ -105,6 +109,38 @@ pub trait MetadataStore: Send + Sync + 'static {
         topic: TopicId,
         partition: i32,
     ) -> Result<Option<BatchIndexEntry>>;
+
+    /// Registers a new agent, live for `ttl` unless renewed; returns its node id, never
+    /// given to another agent.
+    async fn register_agent(&self, agent: &AgentRegistration, ttl: Duration) -> Result<i32>;
+
+    /// Renews agent `id`'s lease for `ttl`. An agent whose lease lapsed (a long outage of the
+    /// sequencer) comes back under the same id.
+    async fn renew_agent(&self, id: i32, agent: &AgentRegistration, ttl: Duration) -> Result<()>;
+
+    /// Removes agent `id` from the live agents at once (a clean stop).
+    async fn deregister_agent(&self, id: i32) -> Result<()>;
+
+    /// Agents whose lease has not lapsed, by id.
+    async fn live_agents(&self) -> Result<Vec<AgentInfo>>;
+
+    /// Records object keys that agent `agent` is about to upload, so an object uploaded and
+    /// never committed can be found and deleted. Committing an object removes its record.
+    async fn reserve_uploads(&self, agent: i32, object_ids: &[String]) -> Result<()>;
+
+    /// Drops the records of reserved keys that were never uploaded.
+    async fn release_uploads(&self, object_ids: &[String]) -> Result<()>;
+
+    /// Reserved, uncommitted keys older than `age` (by the sequencer's clock), oldest first.
+    async fn stale_uploads(&self, age: Duration) -> Result<Vec<Upload>>;
+
+    /// Tells other agents that partitions moved, best effort: a backend without
+    /// notifications does nothing, and listeners fall back to polling.
+    async fn announce(&self, from: i32, marks: &[HighWatermark]) -> Result<()>;
+
+    /// Other agents' announcements, or `None` when the backend cannot deliver them.
+    /// The feed ends when the receiver is dropped.
+    async fn subscribe(&self) -> Result<Option<mpsc::Receiver<Announcement>>>;
 }
 
 /// Opens the metadata store named by a URL (`sqlite://path/to/metadata.db` for one node,

@@ -10,11 +10,24 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, Row};
 
-use crate::sqlite::{new_cluster_id, now_ms};
+use sqlx::postgres::PgListener;
+use tokio::sync::mpsc;
+
+use crate::announce;
+use crate::sqlite::{EXPIRED_AGENT_KEPT_MS, new_cluster_id, now_ms, ttl_ms};
 use crate::{
-    BatchBudget, BatchIndexEntry, CommitOutcome, MetadataError, MetadataStore, ObjectCommit,
-    PartitionOffsets, Result, Topic, TopicId,
+    AgentInfo, AgentRegistration, Announcement, BatchBudget, BatchIndexEntry, CommitOutcome,
+    HighWatermark, MetadataError, MetadataStore, ObjectCommit, PartitionOffsets, Result, Topic,
+    TopicId, Upload,
 };
+
+/// The database's clock in ms since the epoch: leases and upload ages are judged by one clock
+/// for the whole fleet.
+macro_rules! db_now_ms {
+    () => {
+        "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::int8"
+    };
+}
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -28,12 +41,16 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// made) get no offsets and come back with a NULL base offset. Several chunks of one
 /// partition (the batcher never sends them, but nothing breaks) take consecutive ranges in
 /// chunk order (`skip`). `ON CONFLICT DO NOTHING` on the object id turns a retry into a
-/// no-op: nothing is locked or written, and `fresh` is false.
+/// no-op: nothing is locked or written, and `fresh` is false. The
+/// object's upload reservation (if any) is released in the same statement.
 const COMMIT: &str = "\
 WITH object AS (
     INSERT INTO objects (id, size, committed_at_ms) VALUES ($1, $2, $3)
     ON CONFLICT (id) DO NOTHING
     RETURNING id
+),
+released AS (
+    DELETE FROM uploads WHERE id = $1
 ),
 chunks AS (
     SELECT (c.ord - 1)::int4 AS chunk_index, c.topic_id::uuid AS topic_id, c.partition,
@@ -462,6 +479,168 @@ impl MetadataStore for PostgresStore {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(entry_from).transpose()
+    }
+    async fn register_agent(&self, agent: &AgentRegistration, ttl: Duration) -> Result<i32> {
+        sqlx::query(concat!(
+            "DELETE FROM agents WHERE expires_at_ms < ",
+            db_now_ms!(),
+            " - $1"
+        ))
+        .bind(EXPIRED_AGENT_KEPT_MS)
+        .execute(&self.pool)
+        .await?;
+        Ok(sqlx::query(concat!(
+            "INSERT INTO agents (zone, host, port, registered_at_ms, expires_at_ms) ",
+            "SELECT $1, $2, $3, now_ms, now_ms + $4 FROM (SELECT ",
+            db_now_ms!(),
+            " AS now_ms) t RETURNING id"
+        ))
+        .bind(&agent.zone)
+        .bind(&agent.host)
+        .bind(agent.port)
+        .bind(ttl_ms(ttl))
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("id")?)
+    }
+
+    async fn renew_agent(&self, id: i32, agent: &AgentRegistration, ttl: Duration) -> Result<()> {
+        sqlx::query(concat!(
+            "INSERT INTO agents (id, zone, host, port, registered_at_ms, expires_at_ms) ",
+            "SELECT $1, $2, $3, $4, now_ms, now_ms + $5 FROM (SELECT ",
+            db_now_ms!(),
+            " AS now_ms) t ON CONFLICT (id) DO UPDATE SET zone = excluded.zone, ",
+            "host = excluded.host, port = excluded.port, expires_at_ms = excluded.expires_at_ms"
+        ))
+        .bind(id)
+        .bind(&agent.zone)
+        .bind(&agent.host)
+        .bind(agent.port)
+        .bind(ttl_ms(ttl))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn deregister_agent(&self, id: i32) -> Result<()> {
+        sqlx::query("DELETE FROM agents WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn live_agents(&self) -> Result<Vec<AgentInfo>> {
+        sqlx::query(concat!(
+            "SELECT id, zone, host, port FROM agents WHERE expires_at_ms > ",
+            db_now_ms!(),
+            " ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(AgentInfo {
+                id: row.try_get("id")?,
+                zone: row.try_get("zone")?,
+                host: row.try_get("host")?,
+                port: row.try_get("port")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn reserve_uploads(&self, agent: i32, object_ids: &[String]) -> Result<()> {
+        sqlx::query(concat!(
+            "INSERT INTO uploads (id, agent_id, reserved_at_ms) SELECT id, $2, ",
+            db_now_ms!(),
+            " FROM UNNEST($1::text[]) AS u (id)"
+        ))
+        .bind(object_ids)
+        .bind(agent)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn release_uploads(&self, object_ids: &[String]) -> Result<()> {
+        sqlx::query("DELETE FROM uploads WHERE id = ANY($1::text[])")
+            .bind(object_ids)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn stale_uploads(&self, age: Duration) -> Result<Vec<Upload>> {
+        sqlx::query(concat!(
+            "SELECT id, agent_id, reserved_at_ms FROM uploads WHERE reserved_at_ms <= ",
+            db_now_ms!(),
+            " - $1 ORDER BY reserved_at_ms, id"
+        ))
+        .bind(ttl_ms(age))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(Upload {
+                object_id: row.try_get("id")?,
+                agent_id: row.try_get("agent_id")?,
+                reserved_at_ms: row.try_get("reserved_at_ms")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn announce(&self, from: i32, marks: &[HighWatermark]) -> Result<()> {
+        let payloads = announce::encode(from, marks);
+        if payloads.is_empty() {
+            return Ok(());
+        }
+        // NOTIFY gives the transaction an id and so a commit record; not waiting for that
+        // record to reach the disk keeps announcements off the WAL flush that commits queue
+        // on. A notification lost in a crash is covered by the listeners' polling.
+        sqlx::query(
+            "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, p) \
+             FROM UNNEST($2::text[]) AS p",
+        )
+        .bind(announce::CHANNEL)
+        .bind(payloads)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn subscribe(&self) -> Result<Option<mpsc::Receiver<Announcement>>> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(announce::CHANNEL).await?;
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(forward_announcements(listener, tx));
+        Ok(Some(rx))
+    }
+}
+
+/// Passes notifications on until the receiver goes away. A lost connection becomes
+/// [`Announcement::Gap`]: notifications sent meanwhile are gone, so listeners look again.
+async fn forward_announcements(mut listener: PgListener, tx: mpsc::Sender<Announcement>) {
+    loop {
+        let announcement = tokio::select! {
+            received = listener.try_recv() => match received {
+                Ok(Some(notification)) => match announce::decode(notification.payload()) {
+                    Some(announcement) => announcement,
+                    None => continue,
+                },
+                Ok(None) => Announcement::Gap,
+                Err(e) => {
+                    tracing::debug!(error = %e, "commit notifications unavailable; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    Announcement::Gap
+                }
+            },
+            _ = tx.closed() => return,
+        };
+        if tx.send(announcement).await.is_err() {
+            return;
+        }
     }
 }
 

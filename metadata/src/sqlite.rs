@@ -10,9 +10,12 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Row, Sqlite, SqliteConnection, Transaction};
 
+use tokio::sync::mpsc;
+
 use crate::{
-    BatchBudget, BatchIndexEntry, CommitOutcome, MetadataError, MetadataStore, ObjectCommit,
-    PartitionOffsets, Result, Topic, TopicId,
+    AgentInfo, AgentRegistration, Announcement, BatchBudget, BatchIndexEntry, CommitOutcome,
+    HighWatermark, MetadataError, MetadataStore, ObjectCommit, PartitionOffsets, Result, Topic,
+    TopicId, Upload,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -322,6 +325,10 @@ impl MetadataStore for SqliteStore {
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;
+        sqlx::query("DELETE FROM uploads WHERE id = ?")
+            .bind(&object.object_id)
+            .execute(&mut *tx)
+            .await?;
         let mut outcomes = Vec::with_capacity(object.chunks.len());
         for (index, chunk) in object.chunks.iter().enumerate() {
             let advanced = sqlx::query(
@@ -450,4 +457,133 @@ impl MetadataStore for SqliteStore {
         .await?;
         row.as_ref().map(entry_from).transpose()
     }
+
+    async fn register_agent(&self, agent: &AgentRegistration, ttl: Duration) -> Result<i32> {
+        let now = now_ms();
+        let mut tx = self.write().await?;
+        sqlx::query("DELETE FROM agents WHERE expires_at_ms < ?")
+            .bind(now - EXPIRED_AGENT_KEPT_MS)
+            .execute(&mut *tx)
+            .await?;
+        let id: i32 = sqlx::query(
+            "INSERT INTO agents (zone, host, port, registered_at_ms, expires_at_ms) \
+             VALUES (?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&agent.zone)
+        .bind(&agent.host)
+        .bind(agent.port)
+        .bind(now)
+        .bind(now + ttl_ms(ttl))
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("id")?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn renew_agent(&self, id: i32, agent: &AgentRegistration, ttl: Duration) -> Result<()> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO agents (id, zone, host, port, registered_at_ms, expires_at_ms) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET zone = excluded.zone, \
+             host = excluded.host, port = excluded.port, expires_at_ms = excluded.expires_at_ms",
+        )
+        .bind(id)
+        .bind(&agent.zone)
+        .bind(&agent.host)
+        .bind(agent.port)
+        .bind(now)
+        .bind(now + ttl_ms(ttl))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn deregister_agent(&self, id: i32) -> Result<()> {
+        sqlx::query("DELETE FROM agents WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn live_agents(&self) -> Result<Vec<AgentInfo>> {
+        sqlx::query("SELECT id, zone, host, port FROM agents WHERE expires_at_ms > ? ORDER BY id")
+            .bind(now_ms())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(AgentInfo {
+                    id: row.try_get("id")?,
+                    zone: row.try_get("zone")?,
+                    host: row.try_get("host")?,
+                    port: row.try_get("port")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn reserve_uploads(&self, agent: i32, object_ids: &[String]) -> Result<()> {
+        let now = now_ms();
+        let mut tx = self.write().await?;
+        for id in object_ids {
+            sqlx::query("INSERT INTO uploads (id, agent_id, reserved_at_ms) VALUES (?, ?, ?)")
+                .bind(id)
+                .bind(agent)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn release_uploads(&self, object_ids: &[String]) -> Result<()> {
+        let mut tx = self.write().await?;
+        for id in object_ids {
+            sqlx::query("DELETE FROM uploads WHERE id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn stale_uploads(&self, age: Duration) -> Result<Vec<Upload>> {
+        sqlx::query(
+            "SELECT id, agent_id, reserved_at_ms FROM uploads WHERE reserved_at_ms <= ? \
+             ORDER BY reserved_at_ms, id",
+        )
+        .bind(now_ms() - ttl_ms(age))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(Upload {
+                object_id: row.try_get("id")?,
+                agent_id: row.try_get("agent_id")?,
+                reserved_at_ms: row.try_get("reserved_at_ms")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn announce(&self, _from: i32, _marks: &[HighWatermark]) -> Result<()> {
+        // One node: the agent that committed is the only reader.
+        Ok(())
+    }
+
+    async fn subscribe(&self) -> Result<Option<mpsc::Receiver<Announcement>>> {
+        Ok(None)
+    }
+}
+
+/// How long the row of an agent whose lease lapsed is kept (for operators looking back).
+pub(crate) const EXPIRED_AGENT_KEPT_MS: i64 = 24 * 3600 * 1000;
+
+/// A duration in whole milliseconds, as the agent and upload tables keep time.
+pub(crate) fn ttl_ms(d: Duration) -> i64 {
+    d.as_millis().try_into().unwrap_or(i64::MAX)
 }

@@ -121,3 +121,52 @@ impl BatchBudget {
         self.entries
     }
 }
+
+/// What an agent tells the fleet about itself when it registers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRegistration {
+    /// Availability zone; agents without one are listed to every client.
+    pub zone: Option<String>,
+    /// The advertised Kafka address.
+    pub host: String,
+    pub port: i32,
+}
+
+/// A live agent, as Metadata lists it to clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentInfo {
+    /// Kafka node id; never reused.
+    pub id: i32,
+    pub zone: Option<String>,
+    pub host: String,
+    pub port: i32,
+}
+
+/// An object key reserved for an upload that has not been committed (yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    pub object_id: String,
+    pub agent_id: i32,
+    /// When the key was reserved (ms since the epoch, sequencer clock).
+    pub reserved_at_ms: i64,
+}
+
+/// A partition's new high watermark, as one agent announces it to the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HighWatermark {
+    pub topic: TopicId,
+    pub partition: i32,
+    pub high_watermark: i64,
+}
+
+/// What a subscription to other agents' commits delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Announcement {
+    /// Partitions that moved, announced by agent `from`.
+    Moved {
+        from: i32,
+        marks: Vec<HighWatermark>,
+    },
+    /// Announcements may have been missed (the connection was lost): anything may have moved.
+    Gap,
+}
