@@ -305,33 +305,6 @@ async fn concurrent_commits(store: Arc<dyn MetadataStore>) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite_file_backend_conforms() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/meta/metadata.db", dir.path().display());
-        let store = crate::open(&url).await.unwrap();
-        super::run_all(store).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres_backend_conforms() {
-        let Some(pg) = crate::testing::TestPostgres::start_unless_skipped().unwrap() else {
-            return;
-        };
-        let url = pg.create_database().await.unwrap();
-        let store = crate::open(&url).await.unwrap();
-        super::run_all(store).await;
-    }
-
-    #[tokio::test]
-    async fn bad_urls_are_refused() {
-        assert!(crate::open("mysql://x").await.is_err());
-        assert!(crate::open("not a url").await.is_err());
-    }
-}
-
 fn registration(zone: &str, port: i32) -> AgentRegistration {
     AgentRegistration {
         zone: Some(zone.to_string()),
@@ -496,4 +469,31 @@ async fn announcements(store: &dyn MetadataStore) {
         }
     }
     assert_eq!(received, marks, "every mark arrives, in order");
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_file_backend_conforms() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/meta/metadata.db", dir.path().display());
+        let store = crate::open(&url).await.unwrap();
+        super::run_all(store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_backend_conforms() {
+        let Some(pg) = crate::testing::TestPostgres::start_unless_skipped().unwrap() else {
+            return;
+        };
+        let url = pg.create_database().await.unwrap();
+        let store = crate::open(&url).await.unwrap();
+        super::run_all(store).await;
+    }
+
+    #[tokio::test]
+    async fn bad_urls_are_refused() {
+        assert!(crate::open("mysql://x").await.is_err());
+        assert!(crate::open("not a url").await.is_err());
+    }
 }
