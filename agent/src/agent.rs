@@ -10,13 +10,18 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::{Context, Node};
+use shoal_metadata::AgentRegistration;
+
+use crate::announce::{self, Announcer};
+use crate::api::Context;
 use crate::batcher::{Batcher, BatcherConfig, FlushContext};
 use crate::catalog::Catalog;
 use crate::config::AgentConfig;
 use crate::connection;
+use crate::fleet::Fleet;
 use crate::index::RecentIndex;
 use crate::reader::Reader;
+use crate::uploads::UploadKeys;
 
 /// How long a stopping agent waits for connections to finish their in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -35,6 +40,7 @@ pub enum StartError {
 pub struct Agent {
     local_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
+    fleet: Arc<Fleet>,
     server: JoinHandle<()>,
     batcher: JoinHandle<()>,
 }
@@ -56,7 +62,7 @@ impl Agent {
         let local_addr = listener
             .local_addr()
             .map_err(|e| StartError::Runtime(format!("listener address: {e}")))?;
-        let node = advertised_node(&config, local_addr)?;
+        let registration = advertised(&config, local_addr)?;
 
         let cluster_id = store
             .cluster_id()
@@ -67,10 +73,28 @@ impl Agent {
             .reload()
             .await
             .map_err(|e| StartError::Runtime(format!("cannot load topics: {e}")))?;
+        let fleet = Fleet::join(store.clone(), registration)
+            .await
+            .map_err(|e| StartError::Runtime(format!("cannot register this agent: {e}")))?;
+        let me = fleet.me().id;
+        tracing::info!(
+            node_id = me,
+            zone = fleet.me().zone.as_deref().unwrap_or("-"),
+            advertised = %format!("{}:{}", fleet.me().host, fleet.me().port),
+            "registered"
+        );
         let cache = Arc::new(ChunkCache::new(config.cache_bytes));
         let (commits_tx, commits) = watch::channel(0u64);
+        let commits_tx = Arc::new(commits_tx);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let index = Arc::new(RecentIndex::new(store.clone()));
+        tokio::spawn(announce::follow(
+            store.clone(),
+            me,
+            index.clone(),
+            commits_tx.clone(),
+            shutdown_rx.clone(),
+        ));
         let (batcher, batcher_task) = Batcher::start(
             BatcherConfig {
                 flush_interval: config.flush_interval,
@@ -81,7 +105,9 @@ impl Agent {
                 store: store.clone(),
                 cache: cache.clone(),
                 index: index.clone(),
-                commits: Arc::new(commits_tx),
+                commits: commits_tx,
+                announcer: Announcer::start(store.clone(), me),
+                uploads: Arc::new(UploadKeys::new(store.clone(), me)),
             },
             shutdown_rx.clone(),
         );
@@ -92,13 +118,14 @@ impl Agent {
             batcher,
             commits,
             shutdown: shutdown_rx,
-            node,
+            fleet: fleet.clone(),
             cluster_id,
         });
         let server = tokio::spawn(accept_loop(listener, ctx));
         Ok(Agent {
             local_addr,
             shutdown,
+            fleet,
             server,
             batcher: batcher_task,
         })
@@ -109,15 +136,17 @@ impl Agent {
         self.local_addr
     }
 
-    /// Stops accepting, answers in-flight requests, flushes and commits pending batches.
+    /// Leaves the fleet, stops accepting, answers in-flight requests, flushes and commits
+    /// pending batches.
     pub async fn shutdown(self) {
+        self.fleet.leave().await;
         let _ = self.shutdown.send(true);
         let _ = self.server.await;
         let _ = self.batcher.await;
     }
 }
 
-fn advertised_node(config: &AgentConfig, local: SocketAddr) -> Result<Node, StartError> {
+fn advertised(config: &AgentConfig, local: SocketAddr) -> Result<AgentRegistration, StartError> {
     let (host, port) = match &config.advertise {
         Some(advertise) => {
             let (host, port) = advertise.rsplit_once(':').ok_or_else(|| {
@@ -140,11 +169,10 @@ fn advertised_node(config: &AgentConfig, local: SocketAddr) -> Result<Node, Star
             }
         }
     };
-    Ok(Node {
-        id: 1,
+    Ok(AgentRegistration {
+        zone: config.zone.clone(),
         host,
         port: i32::from(port),
-        rack: config.zone.clone(),
     })
 }
 

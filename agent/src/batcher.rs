@@ -10,15 +10,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use shoal_metadata::{
-    BatchIndexEntry, ChunkCommit, CommitOutcome, MetadataStore, ObjectCommit, TopicId,
+    BatchIndexEntry, ChunkCommit, CommitOutcome, HighWatermark, MetadataStore, ObjectCommit,
+    TopicId,
 };
 use shoal_storage::batch::patch_base_offsets;
-use shoal_storage::store::new_object_id;
 use shoal_storage::{BuiltObject, ChunkCache, ObjectBuilder, ObjectStorage};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use crate::announce::Announcer;
 use crate::index::RecentIndex;
+use crate::uploads::UploadKeys;
 
 /// Flushes whose PUT may run at the same time.
 const MAX_FLUSHES_IN_FLIGHT: usize = 4;
@@ -100,6 +102,10 @@ pub struct FlushContext {
     pub index: Arc<RecentIndex>,
     /// Bumped after every commit, so parked fetches look again.
     pub commits: Arc<watch::Sender<u64>>,
+    /// Tells other agents about every commit.
+    pub announcer: Announcer,
+    /// Object keys on record before their upload.
+    pub uploads: Arc<UploadKeys>,
 }
 
 impl Batcher {
@@ -201,6 +207,7 @@ async fn run(
         start_flush(&ctx, &permits, &mut pending, &mut previous, &mut flushes).await;
     }
     while flushes.join_next().await.is_some() {}
+    ctx.uploads.release_all().await;
 }
 
 async fn start_flush(
@@ -221,23 +228,30 @@ async fn start_flush(
     let ctx = ctx.clone();
     flushes.spawn(async move {
         let object = taken.builder.finish();
-        let object_id = new_object_id();
-        let stored = ctx
-            .storage
-            .put(&object_id, object.parts.clone())
-            .await
-            .map_err(|e| AppendError::Storage(e.to_string()));
+        let stored = match ctx.uploads.next().await {
+            Ok(object_id) => ctx
+                .storage
+                .put(&object_id, object.parts.clone())
+                .await
+                .map(|()| object_id)
+                .map_err(|e| AppendError::Storage(e.to_string())),
+            Err(e) => Err(AppendError::Commit(format!(
+                "cannot reserve an object key: {e}"
+            ))),
+        };
         drop(permit);
         if let Some(before) = before {
             let _ = before.await;
         }
-        let outcome = match stored {
-            Ok(()) => commit(&ctx, &object_id, &object).await,
-            Err(e) => Err(e),
-        };
         // The next flush commits only after this one's rows reach the recent index, which
         // keeps the index's rows in offset order.
-        answer(&ctx, &object_id, &object, outcome, taken.waiters);
+        match stored {
+            Ok(object_id) => {
+                let outcome = commit(&ctx, &object_id, &object).await;
+                answer(&ctx, &object_id, &object, outcome, taken.waiters);
+            }
+            Err(e) => fail(&e, taken.waiters),
+        }
         let _ = done_tx.send(());
     });
     while flushes.try_join_next().is_some() {}
@@ -287,18 +301,18 @@ fn answer(
 ) {
     let outcomes = match outcome {
         Ok(outcomes) => outcomes,
-        Err(e) => {
-            tracing::error!(object_id, error = %e, "flush failed; producers get a retriable error");
-            for waiter in waiters {
-                let _ = waiter.reply.send(Err(e.clone()));
-            }
-            return;
-        }
+        Err(e) => return fail(&e, waiters),
     };
     let mut bases = std::collections::HashMap::with_capacity(object.chunks.len());
+    let mut marks = Vec::with_capacity(object.chunks.len());
     for (index, (chunk, outcome)) in object.chunks.iter().zip(&outcomes).enumerate() {
         if let CommitOutcome::Committed { base_offset } = *outcome {
             bases.insert((chunk.topic, chunk.partition), base_offset);
+            marks.push(HighWatermark {
+                topic: chunk.topic,
+                partition: chunk.partition,
+                high_watermark: base_offset + chunk.offset_count,
+            });
             ctx.index.committed(
                 chunk.topic,
                 chunk.partition,
@@ -319,11 +333,20 @@ fn answer(
         }
     }
     ctx.commits.send_modify(|n| *n += 1);
+    ctx.announcer.announce(marks);
     for waiter in waiters {
         let result = match bases.get(&waiter.chunk) {
             Some(base) => Ok(base + waiter.delta),
             None => Err(AppendError::UnknownPartition),
         };
         let _ = waiter.reply.send(result);
+    }
+}
+
+/// Answers every producer of a flush that failed with its retriable error.
+fn fail(e: &AppendError, waiters: Vec<Waiter>) {
+    tracing::error!(error = %e, "flush failed; producers get a retriable error");
+    for waiter in waiters {
+        let _ = waiter.reply.send(Err(e.clone()));
     }
 }

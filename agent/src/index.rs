@@ -1,9 +1,10 @@
 //! The agent's recent batch index: per partition, the offsets and the newest index rows,
 //! kept in memory so that tail fetches and long-polls do not query the sequencer.
 //!
-//! Local commits update it at once. Anything else (other agents' commits, the compactor
-//! moving the log start offset) is picked up by reloading from the sequencer when an entry is
-//! older than [`MAX_AGE`], or when a caller asks for an offset the entry does not know.
+//! Local commits update it at once. Other agents' commits are announced (see
+//! `crate::announce`) and mark their partitions stale. Anything else (a lost announcement, the
+//! compactor moving the log start offset) is picked up by reloading from the sequencer when
+//! an entry is older than [`MAX_AGE`], or when a caller asks for an offset it does not know.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -59,6 +60,25 @@ impl RecentIndex {
         state.rows.push_back(row);
         if state.rows.len() > MAX_ROWS {
             state.rows.pop_front();
+        }
+    }
+
+    /// Another agent committed up to `high_watermark`: reload before answering from memory.
+    pub fn moved(&self, topic: TopicId, partition: i32, high_watermark: i64) {
+        let mut partitions = self.partitions.lock();
+        if let Some(state) = partitions.get_mut(&(topic, partition))
+            && state
+                .offsets
+                .is_some_and(|offsets| offsets.high_watermark < high_watermark)
+        {
+            state.loaded_at = None;
+        }
+    }
+
+    /// Announcements may have been missed: every partition reloads before it is trusted.
+    pub fn forget_offsets(&self) {
+        for state in self.partitions.lock().values_mut() {
+            state.loaded_at = None;
         }
     }
 

@@ -2,15 +2,18 @@
 //! order lives in a metadata sequencer.
 
 mod agent;
+mod announce;
 mod api;
 mod batcher;
 mod catalog;
 mod config;
 mod connection;
+mod fleet;
 mod index;
 mod names;
 mod reader;
 mod topic_config;
+mod uploads;
 
 pub use agent::{Agent, StartError};
 pub use api::decode_frame;

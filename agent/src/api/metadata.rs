@@ -9,10 +9,11 @@ use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
-use shoal_metadata::MetadataError;
+use shoal_metadata::{AgentInfo, MetadataError};
 
 use super::{Context, RequestContext, metadata_error_code, str_bytes};
 use crate::catalog::TopicEntry;
+use crate::fleet::leader;
 use crate::names::validate_topic_name;
 
 pub async fn handle(
@@ -21,6 +22,7 @@ pub async fn handle(
     request: MetadataRequest,
 ) -> MetadataResponse {
     let version = request_ctx.version;
+    let agents = ctx.fleet.for_client(request_ctx.client_id.as_deref());
     // v0 asks for every topic with an empty list; later versions with a null one.
     let wanted = match request.topics {
         None => None,
@@ -31,7 +33,7 @@ pub async fn handle(
         ctx.config.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
     let topics = match wanted {
         None => match ctx.catalog.all().await {
-            Ok(all) => all.iter().map(|entry| describe(ctx, entry)).collect(),
+            Ok(all) => all.iter().map(|entry| describe(&agents, entry)).collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "metadata: cannot list topics");
                 Vec::new()
@@ -50,7 +52,7 @@ pub async fn handle(
                     (None, true) => Err(ResponseError::InvalidRequest.code()),
                 };
                 topics.push(match found {
-                    Ok(entry) => describe(ctx, &entry),
+                    Ok(entry) => describe(&agents, &entry),
                     Err(code) => MetadataResponseTopic::default()
                         .with_error_code(code)
                         .with_name(topic.name.clone())
@@ -60,18 +62,27 @@ pub async fn handle(
             topics
         }
     };
-    let node = &ctx.node;
-    MetadataResponse::default()
-        .with_brokers(vec![
+    let brokers = agents
+        .iter()
+        .map(|agent| {
             MetadataResponseBroker::default()
-                .with_node_id(BrokerId(node.id))
-                .with_host(str_bytes(node.host.clone()))
-                .with_port(node.port)
-                .with_rack(node.rack.clone().map(str_bytes)),
-        ])
+                .with_node_id(BrokerId(agent.id))
+                .with_host(str_bytes(agent.host.clone()))
+                .with_port(agent.port)
+                .with_rack(agent.zone.clone().map(str_bytes))
+        })
+        .collect();
+    MetadataResponse::default()
+        .with_brokers(brokers)
         .with_cluster_id(Some(str_bytes(ctx.cluster_id.clone())))
-        .with_controller_id(BrokerId(node.id))
+        .with_controller_id(BrokerId(controller(&agents)))
         .with_topics(topics)
+}
+
+/// The agent named as controller: any agent serves admin requests, so the lowest id listed
+/// (stable while the fleet is unchanged).
+pub fn controller(agents: &[AgentInfo]) -> i32 {
+    agents.iter().map(|agent| agent.id).min().unwrap_or(-1)
 }
 
 async fn lookup(ctx: &Context, name: &str, allow_create: bool) -> Result<Arc<TopicEntry>, i16> {
@@ -105,10 +116,12 @@ async fn lookup(ctx: &Context, name: &str, allow_create: bool) -> Result<Arc<Top
     }
 }
 
-fn describe(ctx: &Context, entry: &TopicEntry) -> MetadataResponseTopic {
-    let leader = BrokerId(ctx.node.id);
+/// A topic with each partition led by one of `agents`; every agent serves every partition,
+/// so the leader only tells the client where to send.
+fn describe(agents: &[AgentInfo], entry: &TopicEntry) -> MetadataResponseTopic {
     let partitions = (0..entry.topic.partitions)
         .map(|p| {
+            let leader = BrokerId(leader(agents, entry.topic.id, p).unwrap_or(-1));
             MetadataResponsePartition::default()
                 .with_partition_index(p)
                 .with_leader_id(leader)

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use crate::batcher::Batcher;
 use crate::catalog::Catalog;
 use crate::config::AgentConfig;
+use crate::fleet::Fleet;
 use crate::reader::Reader;
 
 pub use produce::ProduceOrder;
@@ -32,17 +33,8 @@ pub struct Context {
     pub commits: watch::Receiver<u64>,
     /// Turns true when the agent stops.
     pub shutdown: watch::Receiver<bool>,
-    pub node: Node,
+    pub fleet: std::sync::Arc<Fleet>,
     pub cluster_id: String,
-}
-
-/// This agent as Metadata describes it.
-#[derive(Debug, Clone)]
-pub struct Node {
-    pub id: i32,
-    pub host: String,
-    pub port: i32,
-    pub rack: Option<String>,
 }
 
 /// A response frame to write, `None` for requests that get no answer (acks=0 produce), or
