@@ -74,6 +74,23 @@ impl TestPostgres {
         })
     }
 
+    /// Stops the server (fast shutdown: connections are cut), waits `pause`, and starts it
+    /// again on the same port. `false` when the server is not ours to restart
+    /// (`SHOAL_TEST_DATABASE_URL`).
+    pub fn restart(&self, pause: std::time::Duration) -> Result<bool, HarnessError> {
+        let Some(cluster) = &self._cluster else {
+            return Ok(false);
+        };
+        let data = cluster.data();
+        cluster.run(
+            "pg_ctl",
+            &["stop", "-m", "fast", "-w", "-D", path_str(&data)?],
+        )?;
+        std::thread::sleep(pause);
+        cluster.start_server()?;
+        Ok(true)
+    }
+
     /// Creates an empty database with a unique name and returns its URL.
     pub async fn create_database(&self) -> Result<String, HarnessError> {
         let name = format!("shoal_test_{}", uuid::Uuid::new_v4().simple());
@@ -132,43 +149,47 @@ impl Cluster {
         let mut last = None;
         for _ in 0..3 {
             cluster.port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let options = format!(
-                "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories='{}' \
-                 -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-                 -c max_connections=200",
-                cluster.port,
-                path_str(cluster.dir.path())?
-            );
-            let log = cluster.dir.path().join("postgres.log");
-            match cluster.run(
-                "pg_ctl",
-                &[
-                    "start",
-                    "-w",
-                    "-t",
-                    "60",
-                    "-D",
-                    path_str(&data)?,
-                    "-l",
-                    path_str(&log)?,
-                    "-o",
-                    &options,
-                ],
-            ) {
+            match cluster.start_server() {
                 Ok(()) => return Ok(cluster),
-                Err(e) => {
-                    let server_log = std::fs::read_to_string(&log).unwrap_or_default();
-                    last = Some(match e {
-                        HarnessError::Command { command, detail } => HarnessError::Command {
-                            command,
-                            detail: format!("{detail}\nserver log:\n{server_log}"),
-                        },
-                        other => other,
-                    });
-                }
+                Err(e) => last = Some(e),
             }
         }
         Err(last.expect("three attempts were made"))
+    }
+
+    /// Starts the server of an initialized cluster on `self.port`.
+    fn start_server(&self) -> Result<(), HarnessError> {
+        let data = self.data();
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories='{}' \
+             -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+             -c max_connections=200",
+            self.port,
+            path_str(self.dir.path())?
+        );
+        let log = self.dir.path().join("postgres.log");
+        let args = [
+            "start",
+            "-w",
+            "-t",
+            "60",
+            "-D",
+            path_str(&data)?,
+            "-l",
+            path_str(&log)?,
+            "-o",
+            &options,
+        ];
+        self.run("pg_ctl", &args).map_err(|e| {
+            let server_log = std::fs::read_to_string(&log).unwrap_or_default();
+            match e {
+                HarnessError::Command { command, detail } => HarnessError::Command {
+                    command,
+                    detail: format!("{detail}\nserver log:\n{server_log}"),
+                },
+                other => other,
+            }
+        })
     }
 
     fn data(&self) -> PathBuf {

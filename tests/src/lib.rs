@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use shoal_agent::{Agent, AgentConfig};
 
+mod process;
 mod s3;
+pub use process::{AgentProcess, shoal_binary};
 pub use s3::TestS3;
 
 /// The agent binary's allocator, so in-process agents survive frames that claim huge arrays

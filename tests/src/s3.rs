@@ -40,6 +40,7 @@ pub struct TestS3 {
 #[derive(Default)]
 struct Faults {
     latency_ms: AtomicU64,
+    put_ack_delay_ms: AtomicU64,
     fail_puts: AtomicBool,
     failed_puts: AtomicU64,
 }
@@ -95,6 +96,28 @@ impl TestS3 {
         }
     }
 
+    /// `shoal agent` flags that store objects under `prefix` on this endpoint.
+    pub fn agent_args(&self, prefix: &str) -> Vec<String> {
+        [
+            "--objects".to_string(),
+            self.url(prefix),
+            "--s3-endpoint".to_string(),
+            format!("http://{}", self.addr),
+            "--s3-region".to_string(),
+            "us-east-1".to_string(),
+            "--s3-allow-http".to_string(),
+        ]
+        .into()
+    }
+
+    /// The credentials an agent process signs its requests with, as AWS environment variables.
+    pub fn agent_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
+        ]
+    }
+
     /// Where objects under `prefix` are stored as files.
     pub fn dir(&self, prefix: &str) -> PathBuf {
         self.dir.path().join(BUCKET).join(prefix)
@@ -104,6 +127,13 @@ impl TestS3 {
     pub fn set_latency(&self, latency: Duration) {
         let ms = latency.as_millis().try_into().unwrap_or(u64::MAX);
         self.faults.latency_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Stores each PUT's object at once but answers only after `delay`: a writer that dies
+    /// meanwhile leaves an object it never learned was stored.
+    pub fn delay_put_answers(&self, delay: Duration) {
+        let ms = delay.as_millis().try_into().unwrap_or(u64::MAX);
+        self.faults.put_ack_delay_ms.store(ms, Ordering::Relaxed);
     }
 
     /// While on, every PUT fails with 503 Service Unavailable and stores nothing.
@@ -150,7 +180,12 @@ impl S3 for FaultyFs {
             self.faults.failed_puts.fetch_add(1, Ordering::SeqCst);
             return Err(s3_error!(ServiceUnavailable, "test endpoint refuses PUTs"));
         }
-        self.fs.put_object(req).await
+        let stored = self.fs.put_object(req).await;
+        let ack_delay = self.faults.put_ack_delay_ms.load(Ordering::Relaxed);
+        if ack_delay > 0 {
+            tokio::time::sleep(Duration::from_millis(ack_delay)).await;
+        }
+        stored
     }
 
     async fn get_object(

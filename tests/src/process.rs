@@ -1,0 +1,124 @@
+//! Real `shoal agent` processes, for tests that kill agents with signals.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+/// The `shoal` binary of this build, built first if a lone test run has not built it yet.
+pub fn shoal_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            // Test executables live in target/<profile>/deps; binaries one level up.
+            let exe = std::env::current_exe().expect("test executable path");
+            let profile_dir = exe
+                .parent()
+                .and_then(|deps| deps.parent())
+                .expect("target directory");
+            let binary = profile_dir.join("shoal");
+            if !binary.exists() {
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+                let status = Command::new(cargo)
+                    .args(["build", "-p", "shoal-agent", "--bin", "shoal"])
+                    .status()
+                    .expect("cargo runs");
+                assert!(status.success(), "building the shoal binary failed");
+            }
+            binary
+        })
+        .clone()
+}
+
+/// A running agent process; killed when dropped so a failing test leaves nothing behind.
+pub struct AgentProcess {
+    child: Child,
+    addr: String,
+    node_id: i32,
+}
+
+impl AgentProcess {
+    /// Starts `shoal agent` with `args` (a free loopback port unless `--listen` is given)
+    /// and `env`, and waits until it has registered and listens.
+    pub fn start(args: &[String], env: &[(String, String)]) -> AgentProcess {
+        let mut command = Command::new(shoal_binary());
+        command.arg("agent");
+        if !args.iter().any(|a| a == "--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = command
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("SHOAL_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("shoal starts");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let mut node_id = None;
+        let addr = loop {
+            let Some(Ok(line)) = lines.next() else {
+                let status = child.wait().expect("agent exit status");
+                panic!("agent exited before listening ({status})");
+            };
+            if let Some(rest) = line.split("node_id=").nth(1) {
+                node_id = rest
+                    .split_whitespace()
+                    .next()
+                    .and_then(|id| id.parse().ok());
+            }
+            if let Some(rest) = line.split("listen=").nth(1) {
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+            }
+        };
+        // Keep draining the log so the agent never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        AgentProcess {
+            child,
+            addr,
+            node_id: node_id.expect("the agent logs its node id before listening"),
+        }
+    }
+
+    /// `bootstrap.servers` for clients.
+    pub fn bootstrap(&self) -> String {
+        self.addr.clone()
+    }
+
+    /// The node id the agent registered under.
+    pub fn node_id(&self) -> i32 {
+        self.node_id
+    }
+
+    /// The process id, for CPU and memory readings.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: the agent gets no chance to flush, commit or deregister.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    /// SIGTERM, then waits for the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        self.child.wait().expect("exit status").code()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
