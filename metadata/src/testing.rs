@@ -56,7 +56,18 @@ impl TestPostgres {
     }
 
     /// Uses `SHOAL_TEST_DATABASE_URL` or starts a local cluster (blocks for a second or two).
+    /// The local cluster trades durability for speed (fsync off): right for tests.
     pub fn start() -> Result<Self, HarnessError> {
+        Self::start_with(false)
+    }
+
+    /// Like [`TestPostgres::start`], but a local cluster keeps PostgreSQL's durability
+    /// settings (fsync, synchronous_commit, full_page_writes on), as benchmarks need.
+    pub fn start_durable() -> Result<Self, HarnessError> {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Result<Self, HarnessError> {
         if let Ok(url) = std::env::var("SHOAL_TEST_DATABASE_URL") {
             return Ok(Self {
                 admin_url: url::Url::parse(&url)?,
@@ -64,7 +75,7 @@ impl TestPostgres {
             });
         }
         let bin = find_binaries().ok_or(HarnessError::NotFound)?;
-        let cluster = Cluster::start(bin)?;
+        let cluster = Cluster::start(bin, durable)?;
         Ok(Self {
             admin_url: url::Url::parse(&format!(
                 "postgres://postgres@127.0.0.1:{}/postgres",
@@ -112,10 +123,12 @@ struct Cluster {
     port: u16,
     /// Run the server tools as `postgres` (we are root).
     as_postgres: bool,
+    /// Keep fsync and synchronous commits on.
+    durable: bool,
 }
 
 impl Cluster {
-    fn start(bin: PathBuf) -> Result<Self, HarnessError> {
+    fn start(bin: PathBuf, durable: bool) -> Result<Self, HarnessError> {
         let dir = tempfile::Builder::new().prefix("shoal-pg-").tempdir()?;
         let as_postgres = std::fs::metadata("/proc/self")?.uid() == 0;
         if as_postgres {
@@ -128,6 +141,7 @@ impl Cluster {
             dir,
             port: 0,
             as_postgres,
+            durable,
         };
         let data = cluster.data();
         cluster.run(
@@ -160,13 +174,15 @@ impl Cluster {
     /// Starts the server of an initialized cluster on `self.port`.
     fn start_server(&self) -> Result<(), HarnessError> {
         let data = self.data();
-        let options = format!(
+        let mut options = format!(
             "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories='{}' \
-             -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
              -c max_connections=200",
             self.port,
             path_str(self.dir.path())?
         );
+        if !self.durable {
+            options.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+        }
         let log = self.dir.path().join("postgres.log");
         let args = [
             "start",

@@ -3,17 +3,16 @@
 //! For each (committers, partitions per object) cell it creates a fresh topic with that many
 //! partitions; every committer then loops committing objects with one chunk per partition
 //! (so all committers contend for the same partition rows, the worst case) and records the
-//! latency of each `commit_object`. Without `--url` it starts a throwaway local PostgreSQL and
-//! turns its durability settings back on (the test harness turns them off).
+//! latency of each `commit_object`. Without `--url` it starts a throwaway local PostgreSQL
+//! with its durability settings on.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -128,11 +127,10 @@ async fn run(args: &Args) -> Result<Report> {
     let (url, backend) = match &args.url {
         Some(url) => (url.clone(), backend_of(url)?),
         None => {
-            let harness = tokio::task::spawn_blocking(TestPostgres::start)
+            let harness = tokio::task::spawn_blocking(TestPostgres::start_durable)
                 .await?
                 .context("starting a throwaway PostgreSQL")?;
             let url = harness.create_database().await?;
-            make_durable(&url).await?;
             _harness = Some(harness);
             (url, "postgres (throwaway, local)".to_string())
         }
@@ -175,131 +173,6 @@ fn backend_of(url: &str) -> Result<String> {
         Some("sqlite") => Ok("sqlite".to_string()),
         _ => bail!("unsupported --url `{url}` (expected postgres:// or sqlite://)"),
     }
-}
-
-/// Turns fsync, synchronous_commit and full_page_writes back on in the harness's cluster.
-///
-/// `ALTER SYSTEM` plus a reload is tried first, but the harness passes `-c fsync=off` (and the
-/// others) on the server's command line, which outranks `postgresql.auto.conf`; so when a
-/// setting is still off after the reload, the cluster is restarted without those options.
-async fn make_durable(url: &str) -> Result<()> {
-    let mut conn = PgConnection::connect(url).await?;
-    for stmt in [
-        "ALTER SYSTEM SET fsync = on",
-        "ALTER SYSTEM SET synchronous_commit = on",
-        "ALTER SYSTEM SET full_page_writes = on",
-        "SELECT pg_reload_conf()",
-    ] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(stmt))
-            .execute(&mut conn)
-            .await?;
-    }
-    // The reload is asynchronous: give the postmaster a moment to signal the backends.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    conn.close().await?;
-    let after_reload = pg_settings(url).await?;
-    info!(
-        ?after_reload,
-        "durability settings after ALTER SYSTEM and reload"
-    );
-    let off: Vec<_> = ["fsync", "synchronous_commit", "full_page_writes"]
-        .into_iter()
-        .filter(|name| after_reload.get(*name).map(String::as_str) != Some("on"))
-        .collect();
-    if off.is_empty() {
-        return Ok(());
-    }
-    warn!(
-        ?off,
-        "still off after reload (set on the server command line): restarting the cluster"
-    );
-    restart_without_overrides(url).await?;
-    let after_restart = pg_settings(url).await?;
-    info!(?after_restart, "durability settings after restart");
-    Ok(())
-}
-
-/// Restarts the cluster at `url` with the harness's address options but not its
-/// durability overrides (`pg_ctl restart -o` replaces the saved options).
-async fn restart_without_overrides(url: &str) -> Result<()> {
-    let mut conn = PgConnection::connect(url).await?;
-    let mut show = async |name: &str| -> Result<String> {
-        Ok(sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SHOW {name}")))
-            .fetch_one(&mut conn)
-            .await?
-            .try_get::<String, _>(0)?)
-    };
-    let data = PathBuf::from(show("data_directory").await?);
-    let port = show("port").await?;
-    let sockets = show("unix_socket_directories").await?;
-    conn.close().await?;
-    let dir = data
-        .parent()
-        .ok_or_else(|| anyhow!("data directory {} has no parent", data.display()))?
-        .to_path_buf();
-    let options = format!(
-        "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories='{sockets}' \
-         -c max_connections=200"
-    );
-    let pg_ctl = find_pg_ctl().ok_or_else(|| anyhow!("pg_ctl not found"))?;
-    let log = dir.join("postgres.log");
-    let args: Vec<String> = vec![
-        "restart".into(),
-        "-w".into(),
-        "-t".into(),
-        "60".into(),
-        "-m".into(),
-        "fast".into(),
-        "-D".into(),
-        data.display().to_string(),
-        "-l".into(),
-        log.display().to_string(),
-        "-o".into(),
-        options,
-    ];
-    let output = tokio::task::spawn_blocking(move || {
-        let mut command = if unsafe { libc::geteuid() } == 0 {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&pg_ctl);
-            c
-        } else {
-            Command::new(&pg_ctl)
-        };
-        command.args(&args).current_dir(&dir).output()
-    })
-    .await??;
-    if !output.status.success() {
-        bail!(
-            "pg_ctl restart failed: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(())
-}
-
-fn find_pg_ctl() -> Option<PathBuf> {
-    let found = |dir: &Path| {
-        let tool = dir.join("pg_ctl");
-        tool.is_file().then_some(tool)
-    };
-    if let Some(tool) = std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .find_map(|dir| found(&dir))
-    {
-        return Some(tool);
-    }
-    let mut installed: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let version = entry.file_name().to_str()?.parse().ok()?;
-            Some((version, found(&entry.path().join("bin"))?))
-        })
-        .collect();
-    installed.sort();
-    installed.pop().map(|(_, tool)| tool)
 }
 
 /// The settings that decide what a commit costs.
