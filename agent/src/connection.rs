@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use kafka_protocol::messages::ApiKey;
 use tokio::sync::oneshot;
@@ -14,7 +14,13 @@ use tokio::sync::oneshot;
 use crate::api::{self, Context, ProduceOrder};
 
 /// Requests of one connection being processed at once; more wait in the socket buffer.
-const MAX_IN_FLIGHT: usize = 64;
+/// A produce request waits for its object's flush (hundreds of milliseconds on S3), so a
+/// client with default settings (small requests, many in flight) needs many at once to keep
+/// its throughput: a connection answering 64 requests per flush interval caps it at a few
+/// MiB/s and its queue grows without end.
+const MAX_IN_FLIGHT: usize = 1024;
+/// Request bytes of one connection being processed at once: the memory bound.
+const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 
 /// Serves a connection until the client closes it, sends a frame we refuse, or the agent
 /// stops. A bad frame ends this connection only.
@@ -62,6 +68,7 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>) {
     // Requests run concurrently, but each produce request queues its batches only after the
     // previous one on this connection did.
     let mut last_produce: Option<oneshot::Receiver<()>> = None;
+    let budget = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES));
     loop {
         let frame = tokio::select! {
             frame = read_frame(&mut reader, max_frame) => frame,
@@ -90,8 +97,16 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>) {
                 appended,
             }
         });
+        // Waits (reading no more) while this connection's requests hold too many bytes.
+        let cost = (request.body.len() as u32).clamp(1, MAX_IN_FLIGHT_BYTES as u32);
+        let Ok(held) = budget.clone().acquire_many_owned(cost).await else {
+            break;
+        };
         let ctx = ctx.clone();
-        let handle = tokio::spawn(async move { api::handle(&ctx, request, order).await });
+        let handle = tokio::spawn(async move {
+            let _held = held;
+            api::handle(&ctx, request, order).await
+        });
         if tx.send(handle).await.is_err() {
             break;
         }

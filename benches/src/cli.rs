@@ -14,6 +14,19 @@ pub struct Args {
     #[arg(long, env = "SHOAL_LOAD_BOOTSTRAP", default_value = "127.0.0.1:9092")]
     pub bootstrap: String,
 
+    /// Broker address(es) the consumers bootstrap from (default: --bootstrap), e.g. an agent
+    /// of another zone.
+    #[arg(long)]
+    pub consumer_bootstrap: Option<String>,
+
+    /// client.id of the producers, e.g. `shoal_az=zone-a` to stay in one zone.
+    #[arg(long)]
+    pub client_id: Option<String>,
+
+    /// client.id of the consumers.
+    #[arg(long)]
+    pub consumer_client_id: Option<String>,
+
     /// Topic to write and read; created if missing.
     #[arg(long, default_value = "shoal-load")]
     pub topic: String,
@@ -131,6 +144,9 @@ impl Args {
         if let Some(acks) = &self.acks {
             config.set("acks", acks);
         }
+        if let Some(client_id) = &self.client_id {
+            config.set("client.id", client_id);
+        }
         config
     }
 
@@ -140,13 +156,19 @@ impl Args {
     pub fn consumer_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
-            .set("bootstrap.servers", &self.bootstrap)
+            .set(
+                "bootstrap.servers",
+                self.consumer_bootstrap.as_ref().unwrap_or(&self.bootstrap),
+            )
             .set("group.id", "shoal-load")
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("fetch.max.bytes", (50 << 20).to_string())
             .set("max.partition.fetch.bytes", (8 << 20).to_string())
             .set("fetch.wait.max.ms", "500");
+        if let Some(client_id) = &self.consumer_client_id {
+            config.set("client.id", client_id);
+        }
         config
     }
 }

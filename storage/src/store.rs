@@ -61,6 +61,9 @@ pub struct S3Options {
     /// Static credentials instead of the environment's, for in-process test servers
     /// (tests of one process cannot each set their own environment).
     pub credentials: Option<S3Credentials>,
+    /// Send a second copy of a PUT that is slower than nearly all recent ones (see
+    /// [`PutHedge`]): cuts the tail of produce latency for about 5% more PUT requests.
+    pub put_hedging: bool,
 }
 
 /// An access key pair.
@@ -84,6 +87,48 @@ pub struct ObjectStorage {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     put_mode: PutMode,
+    hedge: Option<Arc<PutHedge>>,
+}
+
+/// Hedged PUTs. Object-store latency has a long tail (S3: p50 ~30 ms, p99 ~150 ms or
+/// more), and a produce waits for its object's PUT, so the tail of PUT latency is the tail
+/// of produce latency. A PUT still running after the 95th percentile of recent PUT latencies
+/// gets a second, identical PUT of the same key; whichever lands first answers. PUTs are
+/// create-only, so the key holds one object either way: the slower copy is refused as
+/// already existing (or as a conflicting concurrent write) or is cancelled.
+#[derive(Debug, Default)]
+pub struct PutHedge {
+    recent: parking_lot::Mutex<std::collections::VecDeque<Duration>>,
+}
+
+impl PutHedge {
+    /// Latencies remembered.
+    const WINDOW: usize = 200;
+    /// Latencies needed before hedging starts.
+    const MIN_SAMPLES: usize = 20;
+    const QUANTILE: f64 = 0.95;
+    /// Never hedge sooner than this, however fast the store has been.
+    const FLOOR: Duration = Duration::from_millis(10);
+
+    /// How long a PUT may run before it is hedged; `None` until enough PUTs were seen.
+    fn delay(&self) -> Option<Duration> {
+        let recent = self.recent.lock();
+        if recent.len() < Self::MIN_SAMPLES {
+            return None;
+        }
+        let mut sorted: Vec<Duration> = recent.iter().copied().collect();
+        sorted.sort_unstable();
+        let at = ((sorted.len() as f64 * Self::QUANTILE) as usize).min(sorted.len() - 1);
+        Some(sorted[at].max(Self::FLOOR))
+    }
+
+    fn record(&self, latency: Duration) {
+        let mut recent = self.recent.lock();
+        if recent.len() == Self::WINDOW {
+            recent.pop_front();
+        }
+        recent.push_back(latency);
+    }
 }
 
 impl ObjectStorage {
@@ -94,6 +139,7 @@ impl ObjectStorage {
             store,
             prefix: Path::from(prefix),
             put_mode: PutMode::Create,
+            hedge: None,
         }
     }
 
@@ -159,10 +205,10 @@ impl ObjectStorage {
         // Create-only PUTs are sent with `If-None-Match: *` (object_store's default
         // conditional-put mode), which S3 has honoured since 2024, so a retried PUT whose
         // response was lost is detected by `put` rather than silently overwriting.
-        Ok(Self::new(
-            Arc::new(builder.build()?),
-            prefix.trim_matches('/'),
-        ))
+        Ok(Self {
+            hedge: s3.put_hedging.then(Default::default),
+            ..Self::new(Arc::new(builder.build()?), prefix.trim_matches('/'))
+        })
     }
 
     /// Opens `file://PATH`; PATH may be relative (`file://shoal-data/objects`) or absolute
@@ -198,11 +244,50 @@ impl ObjectStorage {
         self.prefix.clone().join(object_id)
     }
 
-    /// Writes an object without concatenating its parts, refusing to overwrite.
+    /// Writes an object without concatenating its parts, refusing to overwrite; a slow PUT
+    /// is hedged (see [`PutHedge`]) when the storage was opened with `put_hedging`.
+    pub async fn put(&self, object_id: &str, parts: Vec<Bytes>) -> Result<(), StorageError> {
+        let Some(hedge) = &self.hedge else {
+            return self.put_once(object_id, parts).await;
+        };
+        let timed = |parts| async move {
+            let start = std::time::Instant::now();
+            let result = self.put_once(object_id, parts).await;
+            if result.is_ok() {
+                hedge.record(start.elapsed());
+            }
+            result
+        };
+        let first = timed(parts.clone());
+        tokio::pin!(first);
+        if let Some(delay) = hedge.delay() {
+            tokio::select! {
+                result = &mut first => return result,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            tracing::debug!(object_id, ?delay, "PUT slower than usual; hedging");
+            let second = timed(parts);
+            tokio::pin!(second);
+            // The first copy to land answers; a failed copy defers to the other.
+            return tokio::select! {
+                result = &mut first => match result {
+                    Ok(()) => Ok(()),
+                    Err(_) => second.await,
+                },
+                result = &mut second => match result {
+                    Ok(()) => Ok(()),
+                    Err(_) => first.await,
+                },
+            };
+        }
+        first.await
+    }
+
+    /// One PUT, create-only where the store supports it.
     ///
     /// A retried PUT whose first response was lost finds its own object already there: that
     /// is accepted when the stored size matches, since object ids are never reused.
-    pub async fn put(&self, object_id: &str, parts: Vec<Bytes>) -> Result<(), StorageError> {
+    async fn put_once(&self, object_id: &str, parts: Vec<Bytes>) -> Result<(), StorageError> {
         let expected: u64 = parts.iter().map(|p| p.len() as u64).sum();
         let path = self.path(object_id);
         let options = PutOptions::from(self.put_mode.clone());
@@ -342,6 +427,26 @@ mod tests {
         std::fs::write(&file, b"").unwrap();
         let err = ObjectStorage::from_url(&format!("file://{}", file.display())).unwrap_err();
         assert!(matches!(err, StorageError::LocalDir { .. }), "{err}");
+    }
+
+    #[test]
+    fn hedging_waits_for_the_95th_percentile_of_recent_puts() {
+        let hedge = PutHedge::default();
+        for ms in 1..PutHedge::MIN_SAMPLES as u64 {
+            hedge.record(Duration::from_millis(ms * 100));
+        }
+        assert_eq!(hedge.delay(), None, "too few PUTs seen to judge");
+        let hedge = PutHedge::default();
+        for ms in 1..=1000u64 {
+            hedge.record(Duration::from_millis(ms));
+        }
+        // The window keeps the last 200 (801..=1000 ms); their 95th percentile is 991 ms.
+        assert_eq!(hedge.delay(), Some(Duration::from_millis(991)));
+        let fast = PutHedge::default();
+        for _ in 0..100 {
+            fast.record(Duration::from_micros(300));
+        }
+        assert_eq!(fast.delay(), Some(PutHedge::FLOOR));
     }
 
     #[test]

@@ -5,24 +5,29 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
-/// The `shoal` binary of this build, built first if a lone test run has not built it yet.
+/// The `shoal` binary of this build profile: next to the running executable (benchmark
+/// binaries) or one level up (test executables live in `target/<profile>/deps`). A lone test
+/// run that has not built it yet builds it first.
 pub fn shoal_binary() -> PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY
         .get_or_init(|| {
-            // Test executables live in target/<profile>/deps; binaries one level up.
-            let exe = std::env::current_exe().expect("test executable path");
-            let profile_dir = exe
-                .parent()
-                .and_then(|deps| deps.parent())
-                .expect("target directory");
+            let exe = std::env::current_exe().expect("executable path");
+            let dir = exe.parent().expect("executable directory");
+            let beside = dir.join("shoal");
+            if beside.exists() {
+                return beside;
+            }
+            let profile_dir = dir.parent().expect("target directory");
             let binary = profile_dir.join("shoal");
             if !binary.exists() {
                 let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-                let status = Command::new(cargo)
-                    .args(["build", "-p", "shoal-agent", "--bin", "shoal"])
-                    .status()
-                    .expect("cargo runs");
+                let mut build = Command::new(cargo);
+                build.args(["build", "-p", "shoal-agent", "--bin", "shoal"]);
+                if profile_dir.file_name().is_some_and(|name| name == "release") {
+                    build.arg("--release");
+                }
+                let status = build.status().expect("cargo runs");
                 assert!(status.success(), "building the shoal binary failed");
             }
             binary

@@ -40,6 +40,14 @@ pub struct TestS3 {
 #[derive(Default)]
 struct Faults {
     latency_ms: AtomicU64,
+    /// Median and 99th percentile of PUT latency in µs (0: none), drawn log-normally.
+    put_p50_us: AtomicU64,
+    put_p99_us: AtomicU64,
+    /// State of the generator the PUT latencies are drawn from.
+    rng: AtomicU64,
+    puts: AtomicU64,
+    put_bytes: AtomicU64,
+    gets: AtomicU64,
     put_ack_delay_ms: AtomicU64,
     fail_puts: AtomicBool,
     failed_puts: AtomicU64,
@@ -89,6 +97,7 @@ impl TestS3 {
             region: Some("us-east-1".into()),
             allow_http: true,
             virtual_hosted_style: false,
+            put_hedging: false,
             credentials: Some(S3Credentials {
                 access_key_id: ACCESS_KEY.into(),
                 secret_access_key: SECRET_KEY.into(),
@@ -129,6 +138,27 @@ impl TestS3 {
         self.faults.latency_ms.store(ms, Ordering::Relaxed);
     }
 
+    /// Delays each PUT by a log-normal draw with median `p50` and 99th percentile `p99`, the
+    /// shape object-store latencies have (a steady body and a long tail).
+    pub fn set_put_latency(&self, p50: Duration, p99: Duration) {
+        let us = |d: Duration| d.as_micros().try_into().unwrap_or(u64::MAX);
+        self.faults.put_p50_us.store(us(p50), Ordering::Relaxed);
+        self.faults.put_p99_us.store(us(p99.max(p50)), Ordering::Relaxed);
+    }
+
+    /// PUT requests served (refused ones included) and bytes they carried.
+    pub fn puts(&self) -> (u64, u64) {
+        (
+            self.faults.puts.load(Ordering::Relaxed),
+            self.faults.put_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// GET requests served.
+    pub fn gets(&self) -> u64 {
+        self.faults.gets.load(Ordering::Relaxed)
+    }
+
     /// Stores each PUT's object at once but answers only after `delay`: a writer that dies
     /// meanwhile leaves an object it never learned was stored.
     pub fn delay_put_answers(&self, delay: Duration) {
@@ -167,6 +197,33 @@ impl FaultyFs {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
     }
+
+    /// One draw of the PUT latency distribution.
+    fn put_latency(&self) -> Duration {
+        let p50 = self.faults.put_p50_us.load(Ordering::Relaxed) as f64;
+        let p99 = self.faults.put_p99_us.load(Ordering::Relaxed) as f64;
+        if p50 <= 0.0 {
+            return Duration::ZERO;
+        }
+        // ln(latency) is normal with mean ln(p50); z(0.99) = 2.326 fixes the spread.
+        let sigma = (p99 / p50).ln() / 2.326;
+        let (u1, u2) = (self.uniform(), self.uniform());
+        let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+        Duration::from_micros((p50 * (sigma * z).exp()) as u64)
+    }
+
+    /// A uniform draw in (0, 1] from a shared SplitMix64 sequence.
+    fn uniform(&self) -> f64 {
+        let mut z = self
+            .faults
+            .rng
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+            .wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        ((z >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
 }
 
 #[async_trait::async_trait]
@@ -175,7 +232,11 @@ impl S3 for FaultyFs {
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
+        self.faults.puts.fetch_add(1, Ordering::Relaxed);
+        let size = req.input.content_length.unwrap_or_default().max(0) as u64;
+        self.faults.put_bytes.fetch_add(size, Ordering::Relaxed);
         self.delay().await;
+        tokio::time::sleep(self.put_latency()).await;
         if self.faults.fail_puts.load(Ordering::SeqCst) {
             self.faults.failed_puts.fetch_add(1, Ordering::SeqCst);
             return Err(s3_error!(ServiceUnavailable, "test endpoint refuses PUTs"));
@@ -192,6 +253,7 @@ impl S3 for FaultyFs {
         &self,
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
+        self.faults.gets.fetch_add(1, Ordering::Relaxed);
         self.delay().await;
         self.fs.get_object(req).await
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use futures::future::join_all;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use shoal_storage::{ObjectStorage, StorageError};
+use shoal_storage::{ObjectStorage, S3Options, StorageError};
 use shoal_tests::{TestAgent, TestS3};
 
 async fn agent_on(s3: &TestS3, prefix: &str) -> TestAgent {
@@ -121,5 +121,47 @@ async fn failed_puts_are_never_acknowledged() {
         .collect();
     let consumed = consume_from_start(&bootstrap, "flaky", &[0], stored.len()).await;
     assert_same_records("flaky", &stored, Some(&deliveries), &consumed);
+    agent.stop().await;
+}
+
+/// On a store with a long latency tail, PUTs slower than nearly all recent ones get a second
+/// copy under the same key: every record still arrives exactly once, and the bucket holds
+/// one object per key however many copies were sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedged_puts_keep_one_object_per_key() {
+    let s3 = TestS3::start().await;
+    s3.set_put_latency(Duration::from_millis(2), Duration::from_millis(300));
+    let agent = TestAgent::start_with(|cfg| {
+        cfg.objects_url = s3.url("hedged");
+        cfg.s3 = S3Options {
+            put_hedging: true,
+            ..s3.options()
+        };
+        cfg.flush_interval = Duration::from_millis(1);
+    })
+    .await;
+    let bootstrap = agent.bootstrap();
+    create_topic(&bootstrap, "hedged", 2, &[]).await;
+    // One record per request and per flush: hundreds of PUTs to learn latencies from.
+    let producer = producer(&bootstrap, &[("linger.ms", "0")]);
+    let records = make_records("hedged", 300, 2);
+    let mut deliveries = Vec::new();
+    for rec in &records {
+        deliveries.push(send_one(&producer, "hedged", rec).await.expect("delivered"));
+    }
+    let objects = std::fs::read_dir(s3.dir("hedged"))
+        .expect("bucket")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_str().is_some_and(|n| n.len() == 26))
+        })
+        .count();
+    let (puts, _) = s3.puts();
+    assert!(
+        puts > objects as u64,
+        "{puts} PUTs for {objects} objects: slow PUTs were hedged"
+    );
+    let consumed = consume_from_start(&bootstrap, "hedged", &[0, 1], records.len()).await;
+    assert_same_records("hedged", &records, Some(&deliveries), &consumed);
     agent.stop().await;
 }
