@@ -24,7 +24,10 @@ pub fn shoal_binary() -> PathBuf {
                 let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
                 let mut build = Command::new(cargo);
                 build.args(["build", "-p", "shoal-agent", "--bin", "shoal"]);
-                if profile_dir.file_name().is_some_and(|name| name == "release") {
+                if profile_dir
+                    .file_name()
+                    .is_some_and(|name| name == "release")
+                {
                     build.arg("--release");
                 }
                 let status = build.status().expect("cargo runs");

@@ -143,7 +143,9 @@ impl TestS3 {
     pub fn set_put_latency(&self, p50: Duration, p99: Duration) {
         let us = |d: Duration| d.as_micros().try_into().unwrap_or(u64::MAX);
         self.faults.put_p50_us.store(us(p50), Ordering::Relaxed);
-        self.faults.put_p99_us.store(us(p99.max(p50)), Ordering::Relaxed);
+        self.faults
+            .put_p99_us
+            .store(us(p99.max(p50)), Ordering::Relaxed);
     }
 
     /// PUT requests served (refused ones included) and bytes they carried.

@@ -70,8 +70,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -182,7 +181,12 @@ fn load(args: &Args, a: &AgentProcess, b: &AgentProcess) -> Result<Value> {
 fn print_table(args: &Args, rows: &[Row]) {
     println!(
         "PUT latency p50 {} / p99 {}, {} records/s of {} B, {} partitions, {} producer, {} per run",
-        args.put_p50, args.put_p99, args.rate, args.record_size, args.partitions, args.profile,
+        args.put_p50,
+        args.put_p99,
+        args.rate,
+        args.record_size,
+        args.partitions,
+        args.profile,
         args.duration
     );
     println!();
