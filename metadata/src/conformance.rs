@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::{
-    AgentRegistration, Announcement, ChunkCommit, CommitOutcome, HighWatermark, MetadataError,
-    MetadataStore, ObjectCommit, Topic,
+    AgentRegistration, Announcement, ChunkCommit, CommitOutcome, CommittedOffset, HighWatermark,
+    MetadataError, MetadataStore, ObjectCommit, Topic,
 };
 
 /// Runs every check in order on one empty store; panics (test failure) on the first mismatch.
@@ -22,6 +22,8 @@ pub async fn run_all(store: Arc<dyn MetadataStore>) {
     agents(store.as_ref()).await;
     uploads(store.as_ref()).await;
     announcements(store.as_ref()).await;
+    group_leases(store.as_ref()).await;
+    group_offsets_and_state(store.as_ref()).await;
 }
 
 fn chunk(topic: &Topic, partition: i32, offset_count: i64, max_timestamp: i64) -> ChunkCommit {
@@ -469,6 +471,164 @@ async fn announcements(store: &dyn MetadataStore) {
         }
     }
     assert_eq!(received, marks, "every mark arrives, in order");
+}
+
+async fn group_leases(store: &dyn MetadataStore) {
+    let long = Duration::from_secs(60);
+    assert!(store.acquire_group("g-lease", 1, long).await.unwrap());
+    assert!(
+        store.acquire_group("g-lease", 1, long).await.unwrap(),
+        "renewable"
+    );
+    assert!(
+        !store.acquire_group("g-lease", 2, long).await.unwrap(),
+        "held by another agent"
+    );
+    assert_eq!(
+        store
+            .renew_groups(2, &["g-lease".to_string()], long)
+            .await
+            .unwrap(),
+        ["g-lease"],
+        "agent 2 holds nothing"
+    );
+    // A lapsed lease can be taken over; the old holder then finds it lost.
+    assert!(
+        store
+            .acquire_group("g-lease", 1, Duration::from_millis(1))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(store.acquire_group("g-lease", 2, long).await.unwrap());
+    assert_eq!(
+        store
+            .renew_groups(1, &["g-lease".to_string()], long)
+            .await
+            .unwrap(),
+        ["g-lease"]
+    );
+    assert!(
+        store
+            .renew_groups(2, &["g-lease".to_string()], long)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A released lease is free at once.
+    store.release_group("g-lease", 2).await.unwrap();
+    assert!(store.acquire_group("g-lease", 3, long).await.unwrap());
+    store.release_group("g-lease", 3).await.unwrap();
+}
+
+async fn group_offsets_and_state(store: &dyn MetadataStore) {
+    let long = Duration::from_secs(60);
+    let t = store
+        .create_topic("t-groups", 3, BTreeMap::new())
+        .await
+        .unwrap();
+    let offset = |partition, offset, metadata: Option<&str>| CommittedOffset {
+        topic: t.id,
+        partition,
+        offset,
+        leader_epoch: 4,
+        metadata: metadata.map(str::to_string),
+        commit_time_ms: 1_700_000_000_000,
+    };
+    // Writes need the lease.
+    assert!(matches!(
+        store
+            .commit_offsets("g-offsets", 5, &[offset(0, 10, None)])
+            .await,
+        Err(MetadataError::NotGroupCoordinator(_))
+    ));
+    assert!(matches!(
+        store.save_group("g-offsets", 5, b"state").await,
+        Err(MetadataError::NotGroupCoordinator(_))
+    ));
+    assert!(
+        store
+            .committed_offsets("g-offsets")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.acquire_group("g-offsets", 5, long).await.unwrap());
+    store
+        .commit_offsets(
+            "g-offsets",
+            5,
+            &[offset(0, 10, Some("m0")), offset(2, 30, None)],
+        )
+        .await
+        .unwrap();
+    store
+        .commit_offsets("g-offsets", 5, &[offset(0, 11, None)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.committed_offsets("g-offsets").await.unwrap(),
+        [offset(0, 11, None), offset(2, 30, None)]
+    );
+    store.save_group("g-offsets", 5, b"gen-1").await.unwrap();
+    store.save_group("g-offsets", 5, b"gen-2").await.unwrap();
+    assert_eq!(
+        store.load_group("g-offsets").await.unwrap().as_deref(),
+        Some(&b"gen-2"[..])
+    );
+    assert_eq!(store.load_group("g-none").await.unwrap(), None);
+    assert!(
+        store
+            .list_groups()
+            .await
+            .unwrap()
+            .contains(&"g-offsets".to_string())
+    );
+
+    // A coordinator that lost its lease cannot overwrite its successor's offsets.
+    store.release_group("g-offsets", 5).await.unwrap();
+    assert!(store.acquire_group("g-offsets", 6, long).await.unwrap());
+    assert!(matches!(
+        store
+            .commit_offsets("g-offsets", 5, &[offset(0, 99, None)])
+            .await,
+        Err(MetadataError::NotGroupCoordinator(_))
+    ));
+    store
+        .delete_offsets("g-offsets", 6, &[(t.id, 2)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.committed_offsets("g-offsets").await.unwrap(),
+        [offset(0, 11, None)]
+    );
+
+    // Offsets go with their topic; a deleted group leaves nothing.
+    assert!(store.acquire_group("g-other", 6, long).await.unwrap());
+    store
+        .commit_offsets("g-other", 6, &[offset(1, 5, None)])
+        .await
+        .unwrap();
+    store.delete_group("g-offsets", 6).await.unwrap();
+    assert_eq!(store.load_group("g-offsets").await.unwrap(), None);
+    assert!(
+        store
+            .committed_offsets("g-offsets")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.delete_topic("t-groups").await.unwrap();
+    assert!(store.committed_offsets("g-other").await.unwrap().is_empty());
+    assert!(
+        !store
+            .list_groups()
+            .await
+            .unwrap()
+            .contains(&"g-offsets".to_string())
+    );
+    store.release_group("g-offsets", 6).await.unwrap();
+    store.release_group("g-other", 6).await.unwrap();
 }
 
 #[cfg(test)]

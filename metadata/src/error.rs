@@ -15,6 +15,8 @@ pub enum MetadataError {
     Database(#[from] sqlx::Error),
     #[error("metadata migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("this agent does not hold the lease on consumer group `{0}`")]
+    NotGroupCoordinator(String),
     #[error("corrupt metadata: {0}")]
     Corrupt(String),
 }

@@ -26,7 +26,8 @@ pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use types::{
     AgentInfo, AgentRegistration, Announcement, BatchBudget, BatchIndexEntry, ChunkCommit,
-    CommitOutcome, HighWatermark, ObjectCommit, PartitionOffsets, Topic, TopicId, Upload,
+    CommitOutcome, CommittedOffset, HighWatermark, ObjectCommit, PartitionOffsets, Topic, TopicId,
+    Upload,
 };
 
 /// Result alias for the sequencer.
@@ -141,6 +142,54 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Other agents' announcements, or `None` when the backend cannot deliver them.
     /// The feed ends when the receiver is dropped.
     async fn subscribe(&self) -> Result<Option<mpsc::Receiver<Announcement>>>;
+
+    /// Takes (or renews) the lease on coordinating consumer group `group` for agent `agent`,
+    /// for `ttl`; `false` while another agent holds an unexpired lease.
+    async fn acquire_group(&self, group: &str, agent: i32, ttl: Duration) -> Result<bool>;
+
+    /// Renews agent `agent`'s leases on `groups`; returns those it no longer holds.
+    async fn renew_groups(
+        &self,
+        agent: i32,
+        groups: &[String],
+        ttl: Duration,
+    ) -> Result<Vec<String>>;
+
+    /// Gives up agent `agent`'s lease on `group`, so another agent may take it at once.
+    async fn release_group(&self, group: &str, agent: i32) -> Result<()>;
+
+    /// Stores committed offsets of `group`, all or none, if agent `agent` holds the group's
+    /// lease; [`MetadataError::NotGroupCoordinator`] otherwise (a coordinator that lost its
+    /// lease can never overwrite its successor's commits).
+    async fn commit_offsets(
+        &self,
+        group: &str,
+        agent: i32,
+        offsets: &[CommittedOffset],
+    ) -> Result<()>;
+
+    /// Committed offsets of `group`, by topic and partition.
+    async fn committed_offsets(&self, group: &str) -> Result<Vec<CommittedOffset>>;
+
+    /// Deletes committed offsets of `group` for the given partitions (leased, as above).
+    async fn delete_offsets(
+        &self,
+        group: &str,
+        agent: i32,
+        partitions: &[(TopicId, i32)],
+    ) -> Result<()>;
+
+    /// Stores `group`'s encoded membership state (leased, as above).
+    async fn save_group(&self, group: &str, agent: i32, state: &[u8]) -> Result<()>;
+
+    /// `group`'s last saved membership state.
+    async fn load_group(&self, group: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Deletes `group`'s state and committed offsets (leased, as above).
+    async fn delete_group(&self, group: &str, agent: i32) -> Result<()>;
+
+    /// Every group with saved state or committed offsets, by name.
+    async fn list_groups(&self) -> Result<Vec<String>>;
 }
 
 /// Opens the metadata store named by a URL (`sqlite://path/to/metadata.db` for one node,

@@ -17,8 +17,8 @@ use crate::announce;
 use crate::sqlite::{EXPIRED_AGENT_KEPT_MS, new_cluster_id, now_ms, ttl_ms};
 use crate::{
     AgentInfo, AgentRegistration, Announcement, BatchBudget, BatchIndexEntry, CommitOutcome,
-    HighWatermark, MetadataError, MetadataStore, ObjectCommit, PartitionOffsets, Result, Topic,
-    TopicId, Upload,
+    CommittedOffset, HighWatermark, MetadataError, MetadataStore, ObjectCommit, PartitionOffsets,
+    Result, Topic, TopicId, Upload,
 };
 
 /// The database's clock in ms since the epoch: leases and upload ages are judged by one clock
@@ -26,6 +26,14 @@ use crate::{
 macro_rules! db_now_ms {
     () => {
         "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::int8"
+    };
+}
+
+/// The lease row of group `$1` if agent `$2` holds it, locked `FOR SHARE` until the statement
+/// commits, so a takeover (an UPDATE of that row) waits for the write it fences.
+macro_rules! lease_held {
+    () => {
+        "SELECT 1 FROM group_leases WHERE group_id = $1 AND agent_id = $2 FOR SHARE"
     };
 }
 
@@ -616,6 +624,218 @@ impl MetadataStore for PostgresStore {
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(forward_announcements(listener, tx));
         Ok(Some(rx))
+    }
+
+    async fn acquire_group(&self, group: &str, agent: i32, ttl: Duration) -> Result<bool> {
+        let taken = sqlx::query(concat!(
+            "INSERT INTO group_leases (group_id, agent_id, expires_at_ms) ",
+            "SELECT $1, $2, now_ms + $3 FROM (SELECT ",
+            db_now_ms!(),
+            " AS now_ms) t ON CONFLICT (group_id) DO UPDATE SET agent_id = EXCLUDED.agent_id, ",
+            "expires_at_ms = EXCLUDED.expires_at_ms ",
+            "WHERE group_leases.agent_id = EXCLUDED.agent_id OR group_leases.expires_at_ms <= ",
+            db_now_ms!()
+        ))
+        .bind(group)
+        .bind(agent)
+        .bind(ttl_ms(ttl))
+        .execute(&self.pool)
+        .await?;
+        Ok(taken.rows_affected() > 0)
+    }
+
+    async fn renew_groups(
+        &self,
+        agent: i32,
+        groups: &[String],
+        ttl: Duration,
+    ) -> Result<Vec<String>> {
+        let renewed: Vec<String> = sqlx::query(concat!(
+            "UPDATE group_leases SET expires_at_ms = ",
+            db_now_ms!(),
+            " + $3 WHERE agent_id = $1 AND group_id = ANY($2::text[]) RETURNING group_id"
+        ))
+        .bind(agent)
+        .bind(groups)
+        .bind(ttl_ms(ttl))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| row.try_get("group_id"))
+        .collect::<Result<_, _>>()?;
+        Ok(groups
+            .iter()
+            .filter(|g| !renewed.contains(g))
+            .cloned()
+            .collect())
+    }
+
+    async fn release_group(&self, group: &str, agent: i32) -> Result<()> {
+        sqlx::query("DELETE FROM group_leases WHERE group_id = $1 AND agent_id = $2")
+            .bind(group)
+            .bind(agent)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn commit_offsets(
+        &self,
+        group: &str,
+        agent: i32,
+        offsets: &[CommittedOffset],
+    ) -> Result<()> {
+        let topics: Vec<String> = offsets.iter().map(|o| o.topic.to_string()).collect();
+        let partitions: Vec<i32> = offsets.iter().map(|o| o.partition).collect();
+        let committed: Vec<i64> = offsets.iter().map(|o| o.offset).collect();
+        let epochs: Vec<i32> = offsets.iter().map(|o| o.leader_epoch).collect();
+        let metadata: Vec<Option<String>> = offsets.iter().map(|o| o.metadata.clone()).collect();
+        let times: Vec<i64> = offsets.iter().map(|o| o.commit_time_ms).collect();
+        let leased: bool = sqlx::query(concat!(
+            "WITH lease AS (",
+            lease_held!(),
+            "), written AS (",
+            "INSERT INTO group_offsets (group_id, topic_id, partition, committed_offset, ",
+            "leader_epoch, metadata, commit_time_ms) ",
+            "SELECT $1, o.t::uuid, o.p, o.c, o.e, o.m, o.ts ",
+            "FROM UNNEST($3::text[], $4::int4[], $5::int8[], $6::int4[], $7::text[], $8::int8[]) ",
+            "AS o (t, p, c, e, m, ts) WHERE EXISTS (SELECT 1 FROM lease) ",
+            "ON CONFLICT (group_id, topic_id, partition) DO UPDATE SET ",
+            "committed_offset = EXCLUDED.committed_offset, leader_epoch = EXCLUDED.leader_epoch, ",
+            "metadata = EXCLUDED.metadata, commit_time_ms = EXCLUDED.commit_time_ms ",
+            "RETURNING 1) SELECT EXISTS (SELECT 1 FROM lease) AS leased"
+        ))
+        .bind(group)
+        .bind(agent)
+        .bind(topics)
+        .bind(partitions)
+        .bind(committed)
+        .bind(epochs)
+        .bind(metadata)
+        .bind(times)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("leased")?;
+        leased_or_fenced(leased, group)
+    }
+
+    async fn committed_offsets(&self, group: &str) -> Result<Vec<CommittedOffset>> {
+        sqlx::query(
+            "SELECT topic_id::text AS topic_id, partition, committed_offset, leader_epoch, \
+             metadata, commit_time_ms FROM group_offsets WHERE group_id = $1 \
+             ORDER BY topic_id, partition",
+        )
+        .bind(group)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(CommittedOffset {
+                topic: topic_id_from(row.try_get("topic_id")?)?,
+                partition: row.try_get("partition")?,
+                offset: row.try_get("committed_offset")?,
+                leader_epoch: row.try_get("leader_epoch")?,
+                metadata: row.try_get("metadata")?,
+                commit_time_ms: row.try_get("commit_time_ms")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn delete_offsets(
+        &self,
+        group: &str,
+        agent: i32,
+        partitions: &[(TopicId, i32)],
+    ) -> Result<()> {
+        let topics: Vec<String> = partitions.iter().map(|(t, _)| t.to_string()).collect();
+        let indexes: Vec<i32> = partitions.iter().map(|(_, p)| *p).collect();
+        let leased: bool = sqlx::query(concat!(
+            "WITH lease AS (",
+            lease_held!(),
+            "), deleted AS (DELETE FROM group_offsets g USING UNNEST($3::text[], $4::int4[]) ",
+            "AS d (t, p) WHERE EXISTS (SELECT 1 FROM lease) AND g.group_id = $1 ",
+            "AND g.topic_id = d.t::uuid AND g.partition = d.p RETURNING 1) ",
+            "SELECT EXISTS (SELECT 1 FROM lease) AS leased"
+        ))
+        .bind(group)
+        .bind(agent)
+        .bind(topics)
+        .bind(indexes)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("leased")?;
+        leased_or_fenced(leased, group)
+    }
+
+    async fn save_group(&self, group: &str, agent: i32, state: &[u8]) -> Result<()> {
+        let leased: bool = sqlx::query(concat!(
+            "WITH lease AS (",
+            lease_held!(),
+            "), saved AS (INSERT INTO consumer_groups (group_id, state, updated_at_ms) ",
+            "SELECT $1, $3, ",
+            db_now_ms!(),
+            " WHERE EXISTS (SELECT 1 FROM lease) ON CONFLICT (group_id) DO UPDATE SET ",
+            "state = EXCLUDED.state, updated_at_ms = EXCLUDED.updated_at_ms RETURNING 1) ",
+            "SELECT EXISTS (SELECT 1 FROM lease) AS leased"
+        ))
+        .bind(group)
+        .bind(agent)
+        .bind(state)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("leased")?;
+        leased_or_fenced(leased, group)
+    }
+
+    async fn load_group(&self, group: &str) -> Result<Option<Vec<u8>>> {
+        Ok(
+            sqlx::query("SELECT state FROM consumer_groups WHERE group_id = $1")
+                .bind(group)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|row| row.try_get("state"))
+                .transpose()?,
+        )
+    }
+
+    async fn delete_group(&self, group: &str, agent: i32) -> Result<()> {
+        let leased: bool = sqlx::query(concat!(
+            "WITH lease AS (",
+            lease_held!(),
+            "), states AS (DELETE FROM consumer_groups WHERE group_id = $1 ",
+            "AND EXISTS (SELECT 1 FROM lease) RETURNING 1), ",
+            "offsets AS (DELETE FROM group_offsets WHERE group_id = $1 ",
+            "AND EXISTS (SELECT 1 FROM lease) RETURNING 1) ",
+            "SELECT EXISTS (SELECT 1 FROM lease) AS leased"
+        ))
+        .bind(group)
+        .bind(agent)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("leased")?;
+        leased_or_fenced(leased, group)
+    }
+
+    async fn list_groups(&self) -> Result<Vec<String>> {
+        sqlx::query(
+            "SELECT group_id FROM consumer_groups UNION \
+             SELECT group_id FROM group_offsets ORDER BY group_id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| Ok(row.try_get("group_id")?))
+        .collect()
+    }
+}
+
+/// Turns a lease check's answer into the error a fenced coordinator gets.
+fn leased_or_fenced(leased: bool, group: &str) -> Result<()> {
+    if leased {
+        Ok(())
+    } else {
+        Err(MetadataError::NotGroupCoordinator(group.to_string()))
     }
 }
 

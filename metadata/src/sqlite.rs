@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 
 use crate::{
     AgentInfo, AgentRegistration, Announcement, BatchBudget, BatchIndexEntry, CommitOutcome,
-    HighWatermark, MetadataError, MetadataStore, ObjectCommit, PartitionOffsets, Result, Topic,
-    TopicId, Upload,
+    CommittedOffset, HighWatermark, MetadataError, MetadataStore, ObjectCommit, PartitionOffsets,
+    Result, Topic, TopicId, Upload,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -577,6 +577,200 @@ impl MetadataStore for SqliteStore {
 
     async fn subscribe(&self) -> Result<Option<mpsc::Receiver<Announcement>>> {
         Ok(None)
+    }
+
+    async fn acquire_group(&self, group: &str, agent: i32, ttl: Duration) -> Result<bool> {
+        let now = now_ms();
+        let taken = sqlx::query(
+            "INSERT INTO group_leases (group_id, agent_id, expires_at_ms) VALUES (?, ?, ?) \
+             ON CONFLICT (group_id) DO UPDATE SET agent_id = excluded.agent_id, \
+             expires_at_ms = excluded.expires_at_ms \
+             WHERE group_leases.agent_id = excluded.agent_id OR group_leases.expires_at_ms <= ?",
+        )
+        .bind(group)
+        .bind(agent)
+        .bind(now + ttl_ms(ttl))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(taken.rows_affected() > 0)
+    }
+
+    async fn renew_groups(
+        &self,
+        agent: i32,
+        groups: &[String],
+        ttl: Duration,
+    ) -> Result<Vec<String>> {
+        let expires = now_ms() + ttl_ms(ttl);
+        let mut lost = Vec::new();
+        let mut tx = self.write().await?;
+        for group in groups {
+            let renewed = sqlx::query(
+                "UPDATE group_leases SET expires_at_ms = ? WHERE group_id = ? AND agent_id = ?",
+            )
+            .bind(expires)
+            .bind(group)
+            .bind(agent)
+            .execute(&mut *tx)
+            .await?;
+            if renewed.rows_affected() == 0 {
+                lost.push(group.clone());
+            }
+        }
+        tx.commit().await?;
+        Ok(lost)
+    }
+
+    async fn release_group(&self, group: &str, agent: i32) -> Result<()> {
+        sqlx::query("DELETE FROM group_leases WHERE group_id = ? AND agent_id = ?")
+            .bind(group)
+            .bind(agent)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn commit_offsets(
+        &self,
+        group: &str,
+        agent: i32,
+        offsets: &[CommittedOffset],
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        check_group_lease(&mut tx, group, agent).await?;
+        for o in offsets {
+            sqlx::query(
+                "INSERT INTO group_offsets (group_id, topic_id, partition, committed_offset, \
+                 leader_epoch, metadata, commit_time_ms) VALUES (?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (group_id, topic_id, partition) DO UPDATE SET \
+                 committed_offset = excluded.committed_offset, \
+                 leader_epoch = excluded.leader_epoch, metadata = excluded.metadata, \
+                 commit_time_ms = excluded.commit_time_ms",
+            )
+            .bind(group)
+            .bind(o.topic.as_bytes().as_slice())
+            .bind(o.partition)
+            .bind(o.offset)
+            .bind(o.leader_epoch)
+            .bind(&o.metadata)
+            .bind(o.commit_time_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn committed_offsets(&self, group: &str) -> Result<Vec<CommittedOffset>> {
+        sqlx::query(
+            "SELECT topic_id, partition, committed_offset, leader_epoch, metadata, \
+             commit_time_ms FROM group_offsets WHERE group_id = ? ORDER BY topic_id, partition",
+        )
+        .bind(group)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(CommittedOffset {
+                topic: topic_id_from(row.try_get::<&[u8], _>("topic_id")?)?,
+                partition: row.try_get("partition")?,
+                offset: row.try_get("committed_offset")?,
+                leader_epoch: row.try_get("leader_epoch")?,
+                metadata: row.try_get("metadata")?,
+                commit_time_ms: row.try_get("commit_time_ms")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn delete_offsets(
+        &self,
+        group: &str,
+        agent: i32,
+        partitions: &[(TopicId, i32)],
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        check_group_lease(&mut tx, group, agent).await?;
+        for (topic, partition) in partitions {
+            sqlx::query(
+                "DELETE FROM group_offsets WHERE group_id = ? AND topic_id = ? AND partition = ?",
+            )
+            .bind(group)
+            .bind(topic.as_bytes().as_slice())
+            .bind(partition)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn save_group(&self, group: &str, agent: i32, state: &[u8]) -> Result<()> {
+        let mut tx = self.write().await?;
+        check_group_lease(&mut tx, group, agent).await?;
+        sqlx::query(
+            "INSERT INTO consumer_groups (group_id, state, updated_at_ms) VALUES (?, ?, ?) \
+             ON CONFLICT (group_id) DO UPDATE SET state = excluded.state, \
+             updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(group)
+        .bind(state)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn load_group(&self, group: &str) -> Result<Option<Vec<u8>>> {
+        Ok(
+            sqlx::query("SELECT state FROM consumer_groups WHERE group_id = ?")
+                .bind(group)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|row| row.try_get("state"))
+                .transpose()?,
+        )
+    }
+
+    async fn delete_group(&self, group: &str, agent: i32) -> Result<()> {
+        let mut tx = self.write().await?;
+        check_group_lease(&mut tx, group, agent).await?;
+        for sql in [
+            "DELETE FROM consumer_groups WHERE group_id = ?",
+            "DELETE FROM group_offsets WHERE group_id = ?",
+        ] {
+            sqlx::query(sql).bind(group).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_groups(&self) -> Result<Vec<String>> {
+        sqlx::query(
+            "SELECT group_id FROM consumer_groups UNION \
+             SELECT group_id FROM group_offsets ORDER BY group_id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| Ok(row.try_get("group_id")?))
+        .collect()
+    }
+}
+
+/// Fails unless agent `agent` holds the lease on `group`. Taking a lease over changes its
+/// agent, so a lapsed lease that nobody took is still safe to write under.
+async fn check_group_lease(conn: &mut SqliteConnection, group: &str, agent: i32) -> Result<()> {
+    let held = sqlx::query("SELECT 1 FROM group_leases WHERE group_id = ? AND agent_id = ?")
+        .bind(group)
+        .bind(agent)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match held {
+        Some(_) => Ok(()),
+        None => Err(MetadataError::NotGroupCoordinator(group.to_string())),
     }
 }
 

@@ -170,3 +170,16 @@ pub enum Announcement {
     /// Announcements may have been missed (the connection was lost): anything may have moved.
     Gap,
 }
+
+/// A consumer group's committed offset for one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedOffset {
+    pub topic: TopicId,
+    pub partition: i32,
+    pub offset: i64,
+    /// The leader epoch the client saw (-1 when unknown), echoed back on fetch.
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
+    /// When the offset was committed (ms since the epoch).
+    pub commit_time_ms: i64,
+}
