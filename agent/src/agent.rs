@@ -19,6 +19,7 @@ use crate::catalog::Catalog;
 use crate::config::AgentConfig;
 use crate::connection;
 use crate::fleet::Fleet;
+use crate::groups::{GroupConfig, Groups};
 use crate::index::RecentIndex;
 use crate::reader::Reader;
 use crate::uploads::UploadKeys;
@@ -111,6 +112,16 @@ impl Agent {
             },
             shutdown_rx.clone(),
         );
+        let groups = Groups::start(
+            store.clone(),
+            fleet.clone(),
+            GroupConfig {
+                initial_rebalance_delay: config.group_initial_rebalance_delay,
+                min_session_timeout: config.group_min_session_timeout,
+                max_session_timeout: Duration::from_secs(30 * 60),
+            },
+            shutdown_rx.clone(),
+        );
         let ctx = Arc::new(Context {
             reader: Reader::new(store, index, storage, cache),
             config,
@@ -119,6 +130,7 @@ impl Agent {
             commits,
             shutdown: shutdown_rx,
             fleet: fleet.clone(),
+            groups,
             cluster_id,
         });
         let server = tokio::spawn(accept_loop(listener, ctx));

@@ -90,6 +90,17 @@ pub struct AgentArgs {
     #[arg(long, env = "SHOAL_MAX_REQUEST_BYTES", default_value = "100MiB", value_parser = parse_bytes)]
     pub max_request_bytes: u64,
 
+    /// How long the first rebalance of an empty consumer group waits for more members
+    /// (group.initial.rebalance.delay.ms).
+    #[arg(long, env = "SHOAL_GROUP_INITIAL_REBALANCE_DELAY", default_value = "3s",
+          value_parser = humantime::parse_duration)]
+    pub group_initial_rebalance_delay: Duration,
+
+    /// Shortest session timeout a consumer may ask for (group.min.session.timeout.ms).
+    #[arg(long, env = "SHOAL_GROUP_MIN_SESSION_TIMEOUT", default_value = "6s",
+          value_parser = humantime::parse_duration)]
+    pub group_min_session_timeout: Duration,
+
     /// Memory for recently written and read chunks.
     #[arg(long, env = "SHOAL_CACHE_BYTES", default_value = "128MiB", value_parser = parse_bytes)]
     pub cache_bytes: u64,
@@ -117,6 +128,8 @@ pub struct AgentConfig {
     pub num_partitions: i32,
     pub max_request_bytes: u64,
     pub cache_bytes: u64,
+    pub group_initial_rebalance_delay: Duration,
+    pub group_min_session_timeout: Duration,
 }
 
 impl AgentConfig {
@@ -139,6 +152,8 @@ impl AgentConfig {
             num_partitions: 1,
             max_request_bytes: 100 << 20,
             cache_bytes: 128 << 20,
+            group_initial_rebalance_delay: Duration::from_secs(3),
+            group_min_session_timeout: Duration::from_secs(6),
         }
         .into()
     }
@@ -173,6 +188,8 @@ impl From<AgentArgs> for AgentConfig {
             num_partitions: args.num_partitions,
             max_request_bytes: args.max_request_bytes,
             cache_bytes: args.cache_bytes,
+            group_initial_rebalance_delay: args.group_initial_rebalance_delay,
+            group_min_session_timeout: args.group_min_session_timeout,
         }
     }
 }

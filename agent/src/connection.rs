@@ -84,7 +84,10 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>) {
             }
         };
         let request = match api::Request::parse(frame) {
-            Ok(request) => request,
+            Ok(mut request) => {
+                request.client_host = peer.map(|p| p.ip().to_string()).unwrap_or_default();
+                request
+            }
             Err(reason) => {
                 tracing::warn!(?peer, %reason, "closing connection");
                 break;

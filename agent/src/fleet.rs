@@ -155,6 +155,18 @@ pub fn leader(agents: &[AgentInfo], topic: TopicId, partition: i32) -> Option<i3
         .map(|agent| agent.id)
 }
 
+/// The agent with the highest rendezvous score for `key` (a consumer group id): the same on
+/// every agent, and moved only when that agent leaves.
+pub fn rendezvous<'a>(agents: &'a [AgentInfo], key: &[u8]) -> Option<&'a AgentInfo> {
+    // FNV-1a over the key, then the same finalizer as partition scores.
+    let hashed = key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    agents
+        .iter()
+        .max_by_key(|agent| mix(mix(hashed) ^ u64::from(agent.id as u32).rotate_left(32)))
+}
+
 fn score(topic: TopicId, partition: i32, agent: i32) -> u64 {
     let (high, low) = topic.as_u64_pair();
     let mut h = mix(high ^ mix(low));

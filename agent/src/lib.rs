@@ -9,6 +9,7 @@ mod catalog;
 mod config;
 mod connection;
 mod fleet;
+mod groups;
 mod index;
 mod names;
 mod reader;
@@ -18,3 +19,11 @@ mod uploads;
 pub use agent::{Agent, StartError};
 pub use api::decode_frame;
 pub use config::{AgentArgs, AgentConfig};
+
+/// Milliseconds since the Unix epoch, as Kafka timestamps count.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

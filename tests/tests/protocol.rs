@@ -5,10 +5,12 @@
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, JoinGroupRequest, JoinGroupResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
-    ProduceResponse, RequestHeader, TopicName,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, InitProducerIdRequest, InitProducerIdResponse,
+    JoinGroupRequest, JoinGroupResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader, SyncGroupRequest,
+    SyncGroupResponse, TopicName,
 };
 use kafka_protocol::messages::{list_offsets_request, metadata_request, produce_request};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
@@ -413,24 +415,54 @@ async fn api_versions_fallback_and_unsupported_apis() {
         versions
             .api_keys
             .iter()
-            .all(|k| k.api_key != ApiKey::JoinGroup as i16),
+            .all(|k| k.api_key != ApiKey::InitProducerId as i16),
         "unimplemented APIs are not advertised"
     );
 
-    let join: JoinGroupResponse = conn
+    let init: InitProducerIdResponse = conn
         .call(
-            ApiKey::JoinGroup,
-            5,
-            &JoinGroupRequest::default()
-                .with_group_id(StrBytes::from_static_str("g").into())
-                .with_session_timeout_ms(10_000)
-                .with_protocol_type(StrBytes::from_static_str("consumer")),
+            ApiKey::InitProducerId,
+            4,
+            &InitProducerIdRequest::default().with_transaction_timeout_ms(10_000),
         )
         .await;
     assert_eq!(
-        join.error_code, 35,
+        init.error_code, 35,
         "UNSUPPORTED_VERSION for an unimplemented API"
     );
+
+    // Group membership errors come back as Kafka's codes.
+    let join = |session_timeout_ms| {
+        JoinGroupRequest::default()
+            .with_group_id(StrBytes::from_static_str("g").into())
+            .with_session_timeout_ms(session_timeout_ms)
+            .with_rebalance_timeout_ms(10_000)
+            .with_protocol_type(StrBytes::from_static_str("consumer"))
+            .with_protocols(vec![
+                JoinGroupRequestProtocol::default()
+                    .with_name(StrBytes::from_static_str("range"))
+                    .with_metadata(Bytes::from_static(b"meta")),
+            ])
+    };
+    let too_short: JoinGroupResponse = conn.call(ApiKey::JoinGroup, 5, &join(10)).await;
+    assert_eq!(too_short.error_code, 26, "INVALID_SESSION_TIMEOUT");
+    let first: JoinGroupResponse = conn.call(ApiKey::JoinGroup, 5, &join(10_000)).await;
+    assert_eq!(first.error_code, 79, "MEMBER_ID_REQUIRED");
+    assert!(
+        !first.member_id.is_empty(),
+        "the member id to come back with"
+    );
+    let sync: SyncGroupResponse = conn
+        .call(
+            ApiKey::SyncGroup,
+            3,
+            &SyncGroupRequest::default()
+                .with_group_id(StrBytes::from_static_str("g").into())
+                .with_generation_id(1)
+                .with_member_id(StrBytes::from_static_str("nobody")),
+        )
+        .await;
+    assert_eq!(sync.error_code, 25, "UNKNOWN_MEMBER_ID");
     assert_serving(&agent).await;
     agent.stop().await;
 }

@@ -4,6 +4,7 @@ mod api_versions;
 mod cluster;
 mod configs;
 mod fetch;
+mod groups;
 mod list_offsets;
 mod metadata;
 mod produce;
@@ -19,6 +20,7 @@ use crate::batcher::Batcher;
 use crate::catalog::Catalog;
 use crate::config::AgentConfig;
 use crate::fleet::Fleet;
+use crate::groups::Groups;
 use crate::reader::Reader;
 
 pub use produce::ProduceOrder;
@@ -34,6 +36,7 @@ pub struct Context {
     /// Turns true when the agent stops.
     pub shutdown: watch::Receiver<bool>,
     pub fleet: std::sync::Arc<Fleet>,
+    pub groups: std::sync::Arc<Groups>,
     pub cluster_id: String,
 }
 
@@ -47,6 +50,8 @@ pub struct Request {
     pub version: i16,
     pub header: RequestHeader,
     pub body: Bytes,
+    /// The client's address as this agent sees it (DescribeGroups shows it).
+    pub client_host: String,
 }
 
 impl Request {
@@ -76,6 +81,7 @@ impl Request {
             version,
             header,
             body: frame,
+            client_host: String::new(),
         })
     }
 }
@@ -100,6 +106,7 @@ pub async fn handle(ctx: &Context, request: Request, order: Option<ProduceOrder>
         version,
         header,
         mut body,
+        client_host,
     } = request;
     if api_key == ApiKey::ApiVersions && !api_versions::accepts(api_key, version) {
         // KIP-511: answer in v0 with UNSUPPORTED_VERSION and our ranges, so the client can
@@ -112,6 +119,7 @@ pub async fn handle(ctx: &Context, request: Request, order: Option<ProduceOrder>
     let request_ctx = RequestContext {
         version,
         client_id: header.client_id.as_ref().map(|s| s.to_string()),
+        client_host,
     };
     let response: ResponseKind = match decoded {
         RequestKind::ApiVersions(r) => api_versions::handle(&request_ctx, r).into(),
@@ -135,6 +143,17 @@ pub async fn handle(ctx: &Context, request: Request, order: Option<ProduceOrder>
         RequestKind::AlterConfigs(r) => configs::alter(ctx, r).await.into(),
         RequestKind::IncrementalAlterConfigs(r) => configs::incremental_alter(ctx, r).await.into(),
         RequestKind::DescribeCluster(r) => cluster::describe(ctx, r).into(),
+        RequestKind::FindCoordinator(r) => groups::find_coordinator(ctx, &request_ctx, r).into(),
+        RequestKind::JoinGroup(r) => groups::join_group(ctx, &request_ctx, r).await.into(),
+        RequestKind::SyncGroup(r) => groups::sync_group(ctx, r).await.into(),
+        RequestKind::Heartbeat(r) => groups::heartbeat(ctx, r).await.into(),
+        RequestKind::LeaveGroup(r) => groups::leave_group(ctx, &request_ctx, r).await.into(),
+        RequestKind::OffsetCommit(r) => groups::offset_commit(ctx, &request_ctx, r).await.into(),
+        RequestKind::OffsetFetch(r) => groups::offset_fetch(ctx, &request_ctx, r).await.into(),
+        RequestKind::ListGroups(r) => groups::list_groups(ctx, &request_ctx, r).await.into(),
+        RequestKind::DescribeGroups(r) => groups::describe_groups(ctx, r).await.into(),
+        RequestKind::DeleteGroups(r) => groups::delete_groups(ctx, r).await.into(),
+        RequestKind::OffsetDelete(r) => groups::offset_delete(ctx, r).await.into(),
         other => match unsupported::response(other) {
             Some(response) => response,
             None => return Err(format!("{api_key:?} is not supported")),
@@ -147,6 +166,7 @@ pub async fn handle(ctx: &Context, request: Request, order: Option<ProduceOrder>
 pub struct RequestContext {
     pub version: i16,
     pub client_id: Option<String>,
+    pub client_host: String,
 }
 
 fn encode(

@@ -1,8 +1,6 @@
 //! Produce: validates each partition's batches, hands them to the batcher, and answers once
 //! the object holding them is durable and committed.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use bytes::{Bytes, BytesMut};
 use futures::future::join_all;
 use kafka_protocol::error::ResponseError;
@@ -130,10 +128,7 @@ fn prepare(entry: &TopicEntry, partition: i32, records: Option<Bytes>) -> Result
     let validated = batch::validate(&records, entry.settings.max_message_bytes)
         .map_err(|e: BatchError| e.kafka_error_code())?;
     let (batches, max_timestamp, log_append_time) = if entry.settings.log_append_time {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or_default();
+        let now = crate::now_ms();
         (stamp(&records, now)?, now, Some(now))
     } else {
         (records, validated.max_timestamp, None)
