@@ -578,15 +578,14 @@ pub async fn describe_groups(
 }
 
 pub async fn delete_groups(ctx: &Context, request: DeleteGroupsRequest) -> DeleteGroupsResponse {
+    // One listing for the whole request, not one per group.
+    let known = ctx.catalog.store().list_groups().await;
     let mut results = Vec::with_capacity(request.groups_names.len());
     for group_id in request.groups_names {
-        let known = ctx
-            .catalog
-            .store()
-            .list_groups()
-            .await
-            .map(|names| names.iter().any(|n| n == group_id.as_str()));
-        let code = match known {
+        let code = match known
+            .as_ref()
+            .map(|names| names.iter().any(|n| n == group_id.as_str()))
+        {
             Ok(false) => ResponseError::GroupIdNotFound.code(),
             Err(_) => ResponseError::CoordinatorNotAvailable.code(),
             Ok(true) => match group(ctx, &group_id).await {

@@ -93,7 +93,6 @@ pub struct Description {
     pub state: &'static str,
     pub protocol_type: String,
     pub protocol: String,
-    /// (member id, instance id, client id, client host, metadata, assignment)
     pub members: Vec<DescribedMember>,
 }
 
