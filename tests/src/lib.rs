@@ -7,8 +7,10 @@ use shoal_agent::{Agent, AgentConfig};
 
 mod process;
 mod s3;
+mod watchdog;
 pub use process::{AgentProcess, shoal_binary};
 pub use s3::TestS3;
+pub use watchdog::Watchdog;
 
 /// The agent binary's allocator, so in-process agents survive frames that claim huge arrays
 /// the same way the `shoal` binary does.
@@ -21,6 +23,7 @@ pub struct TestAgent {
     agent: Option<Agent>,
     config: AgentConfig,
     dir: DataDir,
+    _watchdog: Watchdog,
 }
 
 enum DataDir {
@@ -50,6 +53,8 @@ impl TestAgent {
     }
 
     async fn start_in(dir: DataDir, tweak: impl FnOnce(&mut AgentConfig)) -> TestAgent {
+        watchdog::init_logging();
+        let watchdog = Watchdog::arm("an in-process agent".into());
         let mut config = AgentConfig::local(dir.path(), "127.0.0.1:0".parse().unwrap());
         tweak(&mut config);
         let agent = Agent::start(config.clone()).await.expect("agent starts");
@@ -59,6 +64,7 @@ impl TestAgent {
             agent: Some(agent),
             config,
             dir,
+            _watchdog: watchdog,
         }
     }
 
@@ -89,6 +95,7 @@ impl TestAgent {
             agent: Some(agent),
             config,
             dir,
+            _watchdog: Watchdog::arm("an in-process agent".into()),
         }
     }
 

@@ -15,7 +15,7 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use shoal_metadata::MetadataStore;
 use shoal_metadata::testing::TestPostgres;
-use shoal_tests::{AgentProcess, TestS3};
+use shoal_tests::{AgentProcess, TestS3, Watchdog};
 
 /// Objects go under this prefix of the test bucket.
 const PREFIX: &str = "fleet";
@@ -24,11 +24,13 @@ struct Fleet {
     pg: TestPostgres,
     s3: TestS3,
     metadata_url: String,
+    _watchdog: Watchdog,
 }
 
 impl Fleet {
     /// PostgreSQL and S3 for a fleet; `None` when PostgreSQL is skipped on purpose.
     async fn start() -> Option<Fleet> {
+        let watchdog = Watchdog::arm("a fleet".into());
         let pg = TestPostgres::start_unless_skipped().expect("PostgreSQL for the fleet")?;
         let metadata_url = pg.create_database().await.expect("fleet database");
         let s3 = TestS3::start().await;
@@ -36,6 +38,7 @@ impl Fleet {
             pg,
             s3,
             metadata_url,
+            _watchdog: watchdog,
         })
     }
 
@@ -378,9 +381,16 @@ async fn rolling_restart_under_load_loses_nothing() {
     create_topic(&a1.bootstrap(), TOPIC, 4, &[]).await;
     wait_for_fleet(&[&a1, &a2], TOPIC).await;
 
+    // The bootstrap agents are both replaced, so the producer must learn of their successors
+    // from Metadata before the second one goes (clients of a real fleet bootstrap through a
+    // stable Service address instead).
     let producer = producer(
         &format!("{},{}", a1.bootstrap(), a2.bootstrap()),
-        &[("message.timeout.ms", "90000"), ("linger.ms", "5")],
+        &[
+            ("message.timeout.ms", "90000"),
+            ("linger.ms", "5"),
+            ("topic.metadata.refresh.interval.ms", "1000"),
+        ],
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let load = tokio::spawn(produce_until(producer, TOPIC, 4, stopped));
@@ -388,6 +398,7 @@ async fn rolling_restart_under_load_loses_nothing() {
     // Replace each agent in turn, as a Deployment's rolling update does.
     assert_eq!(blocking(|| a1.terminate()), Some(0), "a clean stop");
     let a3 = fleet.agent("zone-a");
+    wait_for_fleet(&[&a2, &a3], TOPIC).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(blocking(|| a2.terminate()), Some(0), "a clean stop");
     let a4 = fleet.agent("zone-a");
