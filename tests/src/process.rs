@@ -1,9 +1,10 @@
 //! Real `shoal agent` processes, for tests that kill agents with signals.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// The `shoal` binary of this build profile: next to the running executable (benchmark
 /// binaries) or one level up (test executables live in `target/<profile>/deps`). A lone test
@@ -43,7 +44,11 @@ pub struct AgentProcess {
     child: Child,
     addr: String,
     node_id: i32,
+    log: Arc<Mutex<VecDeque<String>>>,
 }
+
+/// How many of an agent's latest log lines are kept.
+const LOG_LINES: usize = 10_000;
 
 impl AgentProcess {
     /// Starts `shoal agent` with `args` (a free loopback port unless `--listen` is given)
@@ -83,12 +88,25 @@ impl AgentProcess {
                     .to_string();
             }
         };
-        // Keep draining the log so the agent never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines.by_ref() {});
+        // Keep draining the log so the agent never blocks on a full pipe, and keep its tail.
+        let log = Arc::new(Mutex::new(VecDeque::new()));
+        std::thread::spawn({
+            let log = log.clone();
+            move || {
+                for line in lines.map_while(Result::ok) {
+                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                    if log.len() == LOG_LINES {
+                        log.pop_front();
+                    }
+                    log.push_back(line);
+                }
+            }
+        });
         AgentProcess {
             child,
             addr,
             node_id: node_id.expect("the agent logs its node id before listening"),
+            log,
         }
     }
 
@@ -100,6 +118,13 @@ impl AgentProcess {
     /// The node id the agent registered under.
     pub fn node_id(&self) -> i32 {
         self.node_id
+    }
+
+    /// Whether one of the agent's latest log lines contains every one of `words`.
+    pub fn logged(&self, words: &[&str]) -> bool {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.iter()
+            .any(|line| words.iter().all(|w| line.contains(w)))
     }
 
     /// The process id, for CPU and memory readings.

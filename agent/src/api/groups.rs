@@ -336,16 +336,14 @@ async fn fetch_offsets(
     group_id: &GroupId,
     wanted: Option<Vec<(TopicName, Vec<i32>)>>,
 ) -> Result<Vec<(TopicName, Vec<(i32, Option<CommittedOffset>)>)>, i16> {
-    group(ctx, group_id).await?;
+    if group_id.is_empty() {
+        return Err(ResponseError::InvalidGroupId.code());
+    }
     let committed = ctx
-        .catalog
-        .store()
-        .committed_offsets(group_id.as_str())
+        .groups
+        .committed(group_id.as_str())
         .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "cannot read committed offsets");
-            ResponseError::CoordinatorNotAvailable.code()
-        })?;
+        .map_err(|e| e.code())?;
     let mut by_topic: BTreeMap<TopicId, Vec<CommittedOffset>> = BTreeMap::new();
     for offset in committed {
         by_topic.entry(offset.topic).or_default().push(offset);
@@ -483,31 +481,21 @@ pub async fn list_groups(
     request_ctx: &RequestContext,
     request: ListGroupsRequest,
 ) -> ListGroupsResponse {
-    let names = match ctx.catalog.store().list_groups().await {
-        Ok(names) => names,
+    let groups = match ctx.groups.list().await {
+        Ok(groups) => groups,
         Err(e) => {
             tracing::warn!(error = %e, "cannot list groups");
-            return ListGroupsResponse::default()
-                .with_error_code(ResponseError::CoordinatorNotAvailable.code());
+            return ListGroupsResponse::default().with_error_code(e.code());
         }
     };
-    let me = ctx.fleet.me().id;
     let mut listed = Vec::new();
-    for name in names {
-        if ctx.groups.coordinator(&name).id != me {
-            continue;
-        }
-        let description = match ctx.groups.get(&name).await {
-            Ok(handle) => handle.describe().await,
-            Err(_) => None,
-        };
-        let (state, protocol_type) = description
-            .map(|d| (d.state, d.protocol_type))
-            .unwrap_or(("Empty", String::new()));
-        let protocol_type = if protocol_type.is_empty() {
+    for group in groups {
+        let (name, state) = (group.name, group.state);
+        // Groups known only from committed offsets have no protocol type yet.
+        let protocol_type = if group.protocol_type.is_empty() {
             "consumer".to_string()
         } else {
-            protocol_type
+            group.protocol_type
         };
         let wanted_state = request_ctx.version < 4
             || request.states_filter.is_empty()
@@ -579,7 +567,7 @@ pub async fn describe_groups(
 
 pub async fn delete_groups(ctx: &Context, request: DeleteGroupsRequest) -> DeleteGroupsResponse {
     // One listing for the whole request, not one per group.
-    let known = ctx.catalog.store().list_groups().await;
+    let known = ctx.groups.known().await;
     let mut results = Vec::with_capacity(request.groups_names.len());
     for group_id in request.groups_names {
         let code = match known
@@ -607,11 +595,6 @@ pub async fn offset_delete(ctx: &Context, request: OffsetDeleteRequest) -> Offse
         Ok(handle) => handle,
         Err(code) => return OffsetDeleteResponse::default().with_error_code(code),
     };
-    // A group with members may be reading the topic; Kafka refuses then.
-    let active = handle
-        .describe()
-        .await
-        .is_some_and(|d| !d.members.is_empty());
     let mut partitions = Vec::new();
     let mut topics = Vec::new();
     for topic in &request.topics {
@@ -625,10 +608,6 @@ pub async fn offset_delete(ctx: &Context, request: OffsetDeleteRequest) -> Offse
             .partitions
             .iter()
             .map(|p| match &entry {
-                _ if active => (
-                    p.partition_index,
-                    ResponseError::GroupSubscribedToTopic.code(),
-                ),
                 Some(entry) if (0..entry.topic.partitions).contains(&p.partition_index) => {
                     partitions.push((entry.topic.id, p.partition_index));
                     (p.partition_index, 0)
@@ -641,16 +620,17 @@ pub async fn offset_delete(ctx: &Context, request: OffsetDeleteRequest) -> Offse
             .collect();
         topics.push((topic.name.clone(), codes));
     }
-    if !partitions.is_empty()
-        && let Err(e) = ctx
-            .catalog
-            .store()
-            .delete_offsets(request.group_id.as_str(), ctx.fleet.me().id, &partitions)
-            .await
+    // Valid partitions share the group's answer (GROUP_SUBSCRIBED_TO_TOPIC while it has
+    // members, who may be reading them).
+    let group_code = if partitions.is_empty() {
+        0
+    } else {
+        handle.delete_offsets(partitions).await
+    };
+    if group_code == ResponseError::NotCoordinator.code()
+        || group_code == ResponseError::CoordinatorNotAvailable.code()
     {
-        tracing::warn!(error = %e, "cannot delete offsets");
-        return OffsetDeleteResponse::default()
-            .with_error_code(ResponseError::NotCoordinator.code());
+        return OffsetDeleteResponse::default().with_error_code(group_code);
     }
     OffsetDeleteResponse::default().with_topics(
         topics
@@ -664,7 +644,7 @@ pub async fn offset_delete(ctx: &Context, request: OffsetDeleteRequest) -> Offse
                             .map(|(index, code)| {
                                 OffsetDeleteResponsePartition::default()
                                     .with_partition_index(index)
-                                    .with_error_code(code)
+                                    .with_error_code(if code == 0 { group_code } else { code })
                             })
                             .collect(),
                     )

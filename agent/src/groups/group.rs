@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use serde::{Deserialize, Serialize};
-use shoal_metadata::{CommittedOffset, MetadataError, MetadataStore};
+use shoal_metadata::{CommittedOffset, MetadataError, MetadataStore, TopicId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -115,6 +115,7 @@ enum Command {
     Commit(CommitRequest, oneshot::Sender<i16>),
     Describe(oneshot::Sender<Description>),
     Delete(oneshot::Sender<i16>),
+    DeleteOffsets(Vec<(TopicId, i32)>, oneshot::Sender<i16>),
 }
 
 /// A running group; commands are served in order by its task.
@@ -229,6 +230,26 @@ impl GroupHandle {
         self.ask(Command::Delete)
             .await
             .unwrap_or_else(not_coordinator)
+    }
+
+    /// OffsetDelete: only while the group has no members, which may be reading the topics.
+    pub async fn delete_offsets(&self, partitions: Vec<(TopicId, i32)>) -> i16 {
+        self.ask(|reply| Command::DeleteOffsets(partitions, reply))
+            .await
+            .unwrap_or_else(not_coordinator)
+    }
+}
+
+/// State and protocol type of a group from its saved state, for a group not running here.
+pub fn summarise(saved: Option<&[u8]>) -> (&'static str, String) {
+    let saved: Option<Saved> = saved.and_then(|s| serde_json::from_slice(s).ok());
+    match saved {
+        Some(saved) if !saved.members.is_empty() => (
+            State::Stable.name(),
+            saved.protocol_type.unwrap_or_default(),
+        ),
+        Some(saved) => (State::Empty.name(), saved.protocol_type.unwrap_or_default()),
+        None => (State::Empty.name(), String::new()),
     }
 }
 
@@ -486,6 +507,10 @@ impl Group {
             }
             Command::Delete(reply) => {
                 let code = self.delete().await;
+                let _ = reply.send(code);
+            }
+            Command::DeleteOffsets(partitions, reply) => {
+                let code = self.delete_offsets(&partitions).await;
                 let _ = reply.send(code);
             }
         }
@@ -1155,6 +1180,27 @@ impl Group {
             }
             Err(e) => {
                 tracing::warn!(group = %self.id, error = %e, "cannot delete group");
+                ResponseError::CoordinatorNotAvailable.code()
+            }
+        }
+    }
+
+    async fn delete_offsets(&mut self, partitions: &[(TopicId, i32)]) -> i16 {
+        if !self.members.is_empty() {
+            return ResponseError::GroupSubscribedToTopic.code();
+        }
+        match self
+            .store
+            .delete_offsets(&self.id, self.agent, partitions)
+            .await
+        {
+            Ok(()) => 0,
+            Err(MetadataError::NotGroupCoordinator(_)) => {
+                self.fenced = true;
+                not_coordinator()
+            }
+            Err(e) => {
+                tracing::warn!(group = %self.id, error = %e, "cannot delete committed offsets");
                 ResponseError::CoordinatorNotAvailable.code()
             }
         }

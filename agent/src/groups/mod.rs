@@ -19,6 +19,8 @@ use tokio::sync::watch;
 
 pub use group::{CommitRequest, GroupHandle, JoinRequest, Membership, SyncRequest};
 
+use shoal_metadata::CommittedOffset;
+
 use crate::fleet::{Fleet, LEASE, rendezvous};
 
 /// How often held group leases are renewed and ownership is checked.
@@ -57,6 +59,14 @@ pub struct GroupConfig {
     pub initial_rebalance_delay: Duration,
     pub min_session_timeout: Duration,
     pub max_session_timeout: Duration,
+}
+
+/// A group as ListGroups shows it.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub name: String,
+    pub state: &'static str,
+    pub protocol_type: String,
 }
 
 /// The groups this agent coordinates.
@@ -125,6 +135,50 @@ impl Groups {
         tracing::info!(group, "coordinating consumer group");
         self.held.lock().insert(group.to_string(), handle.clone());
         Ok(handle)
+    }
+
+    /// The committed offsets of `group`, which this agent must coordinate (a client asks its
+    /// coordinator, so offsets are read where they are written).
+    pub async fn committed(&self, group: &str) -> Result<Vec<CommittedOffset>, GroupError> {
+        self.get(group).await?;
+        Ok(self.store.committed_offsets(group).await?)
+    }
+
+    /// Every group the sequencer knows of (with saved state or committed offsets).
+    pub async fn known(&self) -> Result<Vec<String>, GroupError> {
+        Ok(self.store.list_groups().await?)
+    }
+
+    /// The groups this agent coordinates, with their state, as ListGroups shows them. A group
+    /// not running here is summarised from its saved state: listing takes no lease.
+    pub async fn list(&self) -> Result<Vec<Listed>, GroupError> {
+        let me = self.fleet.me().id;
+        let mut listed = Vec::new();
+        for name in self.store.list_groups().await? {
+            if self.coordinator(&name).id != me {
+                continue;
+            }
+            let running = self
+                .held
+                .lock()
+                .get(&name)
+                .filter(|h| h.is_running())
+                .cloned();
+            let summary = match running {
+                Some(handle) => handle.describe().await.map(|d| (d.state, d.protocol_type)),
+                None => None,
+            };
+            let (state, protocol_type) = match summary {
+                Some(summary) => summary,
+                None => group::summarise(self.store.load_group(&name).await?.as_deref()),
+            };
+            listed.push(Listed {
+                name,
+                state,
+                protocol_type,
+            });
+        }
+        Ok(listed)
     }
 
     /// Renews held leases; drops groups whose lease was lost, and hands over groups another
