@@ -1,6 +1,7 @@
 //! A fleet of real `shoal agent` processes in two zones sharing one PostgreSQL sequencer and
 //! one S3 endpoint: zone-aware Metadata, records produced in one zone and read in the other,
-//! and what an agent killed with SIGKILL, a rolling restart or a PostgreSQL restart leave.
+//! what an agent killed with SIGKILL, a rolling restart or a PostgreSQL restart leave, and a
+//! consumer group whose members come and go and whose coordinator is killed.
 
 mod common;
 
@@ -8,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::member::*;
 use common::*;
 use rdkafka::Offset;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -464,4 +466,130 @@ async fn postgres_restart_mid_run_loses_nothing() {
     let after = make_records("after-restart", 300, 3);
     let fresh = common::producer(&b1.bootstrap(), &[]);
     send_all(&fresh, TOPIC, &after).await;
+}
+
+/// Reads the group's committed offsets through any live agent, retrying while the group
+/// moves to another coordinator.
+async fn committed_through(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let deadline = tokio::time::Instant::now() + TIMEOUT * 2;
+    loop {
+        match blocking(|| committed_offsets(bootstrap, group, topic, partitions)) {
+            Ok(offsets) => return offsets.into_iter().map(|o| o.unwrap_or(0)).collect(),
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "committed offsets unreadable: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consumer_group_outlives_its_members_and_its_coordinator() {
+    let Some(fleet) = Fleet::start().await else {
+        return;
+    };
+    let mut agents = vec![
+        fleet.agent("zone-a"),
+        fleet.agent("zone-a"),
+        fleet.agent("zone-a"),
+    ];
+    const TOPIC: &str = "grouped";
+    const GROUP: &str = "fleet-readers";
+    const PARTITIONS: i32 = 6;
+    create_topic(&agents[0].bootstrap(), TOPIC, PARTITIONS, &[]).await;
+    wait_for_fleet(&agents.iter().collect::<Vec<_>>(), TOPIC).await;
+    let bootstrap = agents
+        .iter()
+        .map(AgentProcess::bootstrap)
+        .collect::<Vec<_>>()
+        .join(",");
+
+    let producer = producer(&bootstrap, &[("message.timeout.ms", "90000")]);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let load = tokio::spawn(produce_until(producer, TOPIC, PARTITIONS, stopped));
+
+    // Three members share the six partitions; a fourth joins and they spread again.
+    let join = || GroupMember::start(&bootstrap, GROUP, TOPIC, &[]);
+    let (m1, m2, m3) = (join(), join(), join());
+    wait_for_spread(&[&m1, &m2, &m3], 6, 2, 2).await;
+    let m4 = join();
+    wait_for_spread(&[&m1, &m2, &m3, &m4], 6, 1, 2).await;
+    // One leaves, one crashes: after its session times out, the other two hold everything.
+    let mut gone = vec![m4.leave()];
+    gone.push(m3.kill());
+    wait_for_spread(&[&m1, &m2], 6, 3, 3).await;
+
+    // The coordinator dies. Another agent takes the group over from the sequencer once the
+    // dead agent's leases lapse, and the members carry on.
+    let coordinator = agents
+        .iter()
+        .position(|a| a.logged(&["coordinating consumer group", GROUP]))
+        .expect("one agent coordinates the group");
+    let survivor = agents[(coordinator + 1) % 3].bootstrap();
+    let before = committed_through(&survivor, GROUP, TOPIC, PARTITIONS).await;
+    let read_before = m1.reported().records.len() + m2.reported().records.len();
+    agents[coordinator].kill();
+    let dead = agents.remove(coordinator);
+    let deadline = tokio::time::Instant::now() + TIMEOUT * 2;
+    while !agents
+        .iter()
+        .any(|a| a.logged(&["coordinating consumer group", GROUP]))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no agent took the group over"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.send_replace(true);
+    let reports = load.await.expect("producer task");
+    drop(dead);
+
+    // Every acknowledged record is read by some member at least once, and the group's
+    // committed offsets reach the end of every partition without ever going back.
+    let acknowledged: BTreeSet<(i32, i64)> = reports
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok().map(|d| (d.partition, d.offset)))
+        .collect();
+    let ends: Vec<i64> = (0..PARTITIONS)
+        .map(|p| {
+            acknowledged
+                .iter()
+                .filter(|(q, _)| *q == p)
+                .map(|(_, o)| o + 1)
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let survivor = agents[0].bootstrap();
+    let deadline = tokio::time::Instant::now() + TIMEOUT * 2;
+    loop {
+        let read: BTreeSet<(i32, i64)> = gone
+            .iter()
+            .cloned()
+            .chain([m1.reported(), m2.reported()])
+            .flat_map(|r| r.records)
+            .map(|(p, o, _)| (p, o))
+            .collect();
+        let committed = committed_through(&survivor, GROUP, TOPIC, PARTITIONS).await;
+        let missing = acknowledged.difference(&read).count();
+        if missing == 0 && committed.iter().zip(&ends).all(|(c, e)| c >= e) {
+            assert!(
+                committed.iter().zip(&before).all(|(now, then)| now >= then),
+                "committed offsets went back: {before:?} -> {committed:?}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{missing} acknowledged records never read; committed {committed:?}, ends {ends:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let read_after = m1.reported().records.len() + m2.reported().records.len();
+    assert!(read_after > read_before, "the members stopped reading");
 }
