@@ -186,6 +186,22 @@ async fn members_share_partitions_and_rebalance_on_join_and_leave(
     wait_for_spread(&[&a, &b, &c], 6, 2, 2).await;
     send_all(&producer, topic, &make_records("second", 600, 6)).await;
     wait_for_all(&[&a, &b, &c], 1200).await;
+    // Records re-read after a rebalance are expected (nothing was committed); records sent
+    // after the last one are read exactly once.
+    let mut second: Vec<(i32, i64)> = [&a, &b, &c]
+        .iter()
+        .flat_map(|m| m.records.lock().clone())
+        .filter(|c| c.offset >= 100)
+        .map(|c| (c.partition, c.offset))
+        .collect();
+    second.sort();
+    let expected: Vec<(i32, i64)> = (0..6)
+        .flat_map(|p| (100..200).map(move |o| (p, o)))
+        .collect();
+    assert_eq!(
+        second, expected,
+        "the second batch is read once, by one member"
+    );
     for member in [a, b, c] {
         member.close();
     }
