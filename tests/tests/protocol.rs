@@ -6,10 +6,17 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::leave_group_request::MemberIdentity;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, InitProducerIdRequest, InitProducerIdResponse,
-    JoinGroupRequest, JoinGroupResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader, SyncGroupRequest,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
+    GroupId, HeartbeatRequest, HeartbeatResponse, InitProducerIdRequest, InitProducerIdResponse,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
+    OffsetCommitResponse, ProduceRequest, ProduceResponse, RequestHeader, SyncGroupRequest,
     SyncGroupResponse, TopicName,
 };
 use kafka_protocol::messages::{list_offsets_request, metadata_request, produce_request};
@@ -81,8 +88,17 @@ impl Conn {
         Resp: Decodable + HeaderVersion,
     {
         self.send(key, version, 7, request).await;
+        self.answer(version, 7).await
+    }
+
+    /// Reads and decodes the answer to a request sent with [`Conn::send`].
+    async fn answer<Resp: Decodable + HeaderVersion>(
+        &mut self,
+        version: i16,
+        expected_correlation: i32,
+    ) -> Resp {
         let (correlation, mut body) = self.recv().await.expect("a response");
-        assert_eq!(correlation, 7);
+        assert_eq!(correlation, expected_correlation);
         if Resp::header_version(version) >= 1 {
             // Flexible response headers end with an (empty) tagged-field section.
             assert_eq!(body[0], 0);
@@ -431,38 +447,6 @@ async fn api_versions_fallback_and_unsupported_apis() {
         "UNSUPPORTED_VERSION for an unimplemented API"
     );
 
-    // Group membership errors come back as Kafka's codes.
-    let join = |session_timeout_ms| {
-        JoinGroupRequest::default()
-            .with_group_id(StrBytes::from_static_str("g").into())
-            .with_session_timeout_ms(session_timeout_ms)
-            .with_rebalance_timeout_ms(10_000)
-            .with_protocol_type(StrBytes::from_static_str("consumer"))
-            .with_protocols(vec![
-                JoinGroupRequestProtocol::default()
-                    .with_name(StrBytes::from_static_str("range"))
-                    .with_metadata(Bytes::from_static(b"meta")),
-            ])
-    };
-    let too_short: JoinGroupResponse = conn.call(ApiKey::JoinGroup, 5, &join(10)).await;
-    assert_eq!(too_short.error_code, 26, "INVALID_SESSION_TIMEOUT");
-    let first: JoinGroupResponse = conn.call(ApiKey::JoinGroup, 5, &join(10_000)).await;
-    assert_eq!(first.error_code, 79, "MEMBER_ID_REQUIRED");
-    assert!(
-        !first.member_id.is_empty(),
-        "the member id to come back with"
-    );
-    let sync: SyncGroupResponse = conn
-        .call(
-            ApiKey::SyncGroup,
-            3,
-            &SyncGroupRequest::default()
-                .with_group_id(StrBytes::from_static_str("g").into())
-                .with_generation_id(1)
-                .with_member_id(StrBytes::from_static_str("nobody")),
-        )
-        .await;
-    assert_eq!(sync.error_code, 25, "UNKNOWN_MEMBER_ID");
     assert_serving(&agent).await;
     agent.stop().await;
 }
@@ -627,5 +611,222 @@ async fn incremental_alter_configs() {
             ("max.message.bytes".into(), "1048588".into(), 5),
         ]
     );
+    agent.stop().await;
+}
+
+fn group_id() -> GroupId {
+    StrBytes::from_static_str("g").into()
+}
+
+fn join(member_id: &str, instance_id: Option<&'static str>) -> JoinGroupRequest {
+    JoinGroupRequest::default()
+        .with_group_id(group_id())
+        .with_member_id(StrBytes::from_string(member_id.to_string()))
+        .with_group_instance_id(instance_id.map(StrBytes::from_static_str))
+        .with_session_timeout_ms(10_000)
+        .with_rebalance_timeout_ms(10_000)
+        .with_protocol_type(StrBytes::from_static_str("consumer"))
+        .with_protocols(vec![
+            JoinGroupRequestProtocol::default()
+                .with_name(StrBytes::from_static_str("range"))
+                .with_metadata(Bytes::from_static(b"meta")),
+        ])
+}
+
+fn sync(
+    member_id: &StrBytes,
+    generation: i32,
+    assignments: &[(&StrBytes, &'static [u8])],
+) -> SyncGroupRequest {
+    SyncGroupRequest::default()
+        .with_group_id(group_id())
+        .with_generation_id(generation)
+        .with_member_id(member_id.clone())
+        .with_assignments(
+            assignments
+                .iter()
+                .map(|(member, bytes)| {
+                    SyncGroupRequestAssignment::default()
+                        .with_member_id((*member).clone())
+                        .with_assignment(Bytes::from_static(bytes))
+                })
+                .collect(),
+        )
+}
+
+fn heartbeat(
+    member_id: &StrBytes,
+    generation: i32,
+    instance: Option<&'static str>,
+) -> HeartbeatRequest {
+    HeartbeatRequest::default()
+        .with_group_id(group_id())
+        .with_member_id(member_id.clone())
+        .with_generation_id(generation)
+        .with_group_instance_id(instance.map(StrBytes::from_static_str))
+}
+
+fn commit(member_id: &str, generation: i32) -> OffsetCommitRequest {
+    OffsetCommitRequest::default()
+        .with_group_id(group_id())
+        .with_member_id(StrBytes::from_string(member_id.to_string()))
+        .with_generation_id_or_member_epoch(generation)
+        .with_topics(vec![
+            OffsetCommitRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("grouped")))
+                .with_partitions(vec![
+                    OffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(0),
+                ]),
+        ])
+}
+
+fn commit_code(response: &OffsetCommitResponse) -> i16 {
+    response.topics[0].partitions[0].error_code
+}
+
+/// The classic group protocol step by step, with the error codes Kafka clients act on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_membership_follows_kafka() {
+    let agent = TestAgent::start_with(|cfg| {
+        cfg.group_initial_rebalance_delay = Duration::ZERO;
+    })
+    .await;
+    let mut a = Conn::open(&agent).await;
+    create_topic(&mut a, "grouped").await;
+
+    let mut too_short = join("", None);
+    too_short.session_timeout_ms = 10;
+    let refused: JoinGroupResponse = a.call(ApiKey::JoinGroup, 5, &too_short).await;
+    assert_eq!(refused.error_code, 26, "INVALID_SESSION_TIMEOUT");
+    let first: JoinGroupResponse = a.call(ApiKey::JoinGroup, 5, &join("", None)).await;
+    assert_eq!(first.error_code, 79, "MEMBER_ID_REQUIRED");
+    let id_a = first.member_id;
+    let joined: JoinGroupResponse = a.call(ApiKey::JoinGroup, 5, &join(&id_a, None)).await;
+    assert_eq!((joined.error_code, joined.generation_id), (0, 1));
+    assert_eq!(joined.leader, id_a, "the only member leads");
+    let synced: SyncGroupResponse = a
+        .call(
+            ApiKey::SyncGroup,
+            3,
+            &sync(&id_a, 1, &[(&id_a, b"all of it")]),
+        )
+        .await;
+    assert_eq!(synced.error_code, 0);
+    assert_eq!(&synced.assignment[..], b"all of it");
+    let beat: HeartbeatResponse = a
+        .call(ApiKey::Heartbeat, 3, &heartbeat(&id_a, 1, None))
+        .await;
+    assert_eq!(beat.error_code, 0);
+    let stale: HeartbeatResponse = a
+        .call(ApiKey::Heartbeat, 3, &heartbeat(&id_a, 7, None))
+        .await;
+    assert_eq!(stale.error_code, 22, "ILLEGAL_GENERATION");
+    let committed: OffsetCommitResponse = a.call(ApiKey::OffsetCommit, 7, &commit(&id_a, 1)).await;
+    assert_eq!(commit_code(&committed), 0);
+    let outside: OffsetCommitResponse = a.call(ApiKey::OffsetCommit, 7, &commit("", -1)).await;
+    assert_eq!(
+        commit_code(&outside),
+        25,
+        "UNKNOWN_MEMBER_ID: no commits from outside a group with members"
+    );
+
+    // A static member joins: the group rebalances, and the member waiting in JoinGroup is
+    // answered once the first member has rejoined.
+    let mut s = Conn::open(&agent).await;
+    s.send(ApiKey::JoinGroup, 5, 11, &join("", Some("s1")))
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let beat: HeartbeatResponse = a
+        .call(ApiKey::Heartbeat, 3, &heartbeat(&id_a, 1, None))
+        .await;
+    assert_eq!(beat.error_code, 27, "REBALANCE_IN_PROGRESS");
+    let rejoined: JoinGroupResponse = a.call(ApiKey::JoinGroup, 5, &join(&id_a, None)).await;
+    let static_joined: JoinGroupResponse = s.answer(5, 11).await;
+    assert_eq!((rejoined.error_code, rejoined.generation_id), (0, 2));
+    assert_eq!(
+        (static_joined.error_code, static_joined.generation_id),
+        (0, 2)
+    );
+    assert_eq!(rejoined.members.len(), 2, "the leader sees every member");
+    assert!(static_joined.members.is_empty(), "followers see none");
+    let id_s = static_joined.member_id;
+    let stale: OffsetCommitResponse = a.call(ApiKey::OffsetCommit, 7, &commit(&id_a, 1)).await;
+    assert_eq!(commit_code(&stale), 22, "ILLEGAL_GENERATION");
+
+    // The follower's SyncGroup waits for the leader's assignment.
+    s.send(ApiKey::SyncGroup, 3, 12, &sync(&id_s, 2, &[])).await;
+    let leader: SyncGroupResponse = a
+        .call(
+            ApiKey::SyncGroup,
+            3,
+            &sync(&id_a, 2, &[(&id_a, b"half"), (&id_s, b"other half")]),
+        )
+        .await;
+    let follower: SyncGroupResponse = s.answer(3, 12).await;
+    assert_eq!(
+        (leader.error_code, &leader.assignment[..]),
+        (0, &b"half"[..])
+    );
+    assert_eq!(
+        (follower.error_code, &follower.assignment[..]),
+        (0, &b"other half"[..])
+    );
+
+    // The static member restarts: it takes its old place under a new member id, with no
+    // rebalance, and its old incarnation is fenced.
+    let mut restarted = Conn::open(&agent).await;
+    let back: JoinGroupResponse = restarted
+        .call(ApiKey::JoinGroup, 5, &join("", Some("s1")))
+        .await;
+    assert_eq!((back.error_code, back.generation_id), (0, 2));
+    assert_ne!(back.member_id, id_s);
+    let again: SyncGroupResponse = restarted
+        .call(ApiKey::SyncGroup, 3, &sync(&back.member_id, 2, &[]))
+        .await;
+    assert_eq!(&again.assignment[..], b"other half", "the same assignment");
+    let fenced: HeartbeatResponse = s
+        .call(ApiKey::Heartbeat, 3, &heartbeat(&id_s, 2, Some("s1")))
+        .await;
+    assert_eq!(fenced.error_code, 82, "FENCED_INSTANCE_ID");
+    let beat: HeartbeatResponse = a
+        .call(ApiKey::Heartbeat, 3, &heartbeat(&id_a, 2, None))
+        .await;
+    assert_eq!(beat.error_code, 0, "no rebalance for the others");
+
+    // Both leave in one request; the group is empty and takes offsets from outside.
+    let left: LeaveGroupResponse = a
+        .call(
+            ApiKey::LeaveGroup,
+            3,
+            &LeaveGroupRequest::default()
+                .with_group_id(group_id())
+                .with_members(vec![
+                    MemberIdentity::default().with_member_id(id_a.clone()),
+                    MemberIdentity::default()
+                        .with_member_id(StrBytes::from_static_str(""))
+                        .with_group_instance_id(Some(StrBytes::from_static_str("s1"))),
+                    MemberIdentity::default().with_member_id(StrBytes::from_static_str("ghost")),
+                ]),
+        )
+        .await;
+    let codes: Vec<i16> = left.members.iter().map(|m| m.error_code).collect();
+    assert_eq!(codes, vec![0, 0, 25]);
+    let described: DescribeGroupsResponse = a
+        .call(
+            ApiKey::DescribeGroups,
+            5,
+            &DescribeGroupsRequest::default().with_groups(vec![group_id()]),
+        )
+        .await;
+    assert_eq!(described.groups[0].group_state.as_str(), "Empty");
+    let outside: OffsetCommitResponse = a.call(ApiKey::OffsetCommit, 7, &commit("", -1)).await;
+    assert_eq!(
+        commit_code(&outside),
+        0,
+        "an empty group takes offsets from outside"
+    );
+    assert_serving(&agent).await;
     agent.stop().await;
 }

@@ -575,7 +575,11 @@ impl Group {
     /// Members left or expired: the rest rebalance, or the group empties.
     async fn members_changed(&mut self) {
         match self.state {
-            State::Stable | State::CompletingRebalance => self.prepare_rebalance(),
+            State::Stable | State::CompletingRebalance => {
+                self.prepare_rebalance();
+                // With nobody left to rejoin, the group empties at once.
+                self.maybe_complete_join().await;
+            }
             State::PreparingRebalance => self.maybe_complete_join().await,
             State::Empty | State::Dead => {}
         }
