@@ -10,7 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::member::*;
+use common::raw::Conn;
 use common::*;
+use kafka_protocol::messages::{
+    ApiKey, FindCoordinatorRequest, FindCoordinatorResponse, GroupId, HeartbeatRequest,
+    HeartbeatResponse,
+};
+use kafka_protocol::protocol::StrBytes;
 use rdkafka::Offset;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureProducer;
@@ -486,6 +492,42 @@ async fn committed_through(bootstrap: &str, group: &str, topic: &str, partitions
     }
 }
 
+/// Every agent names the same coordinator for `group` in FindCoordinator (batched, v4), and
+/// the others answer its members with NOT_COORDINATOR.
+async fn check_coordinator_answers(agents: &[AgentProcess], coordinator: usize, group: &str) {
+    let group_key = StrBytes::from_string(group.to_string());
+    for (i, agent) in agents.iter().enumerate() {
+        let mut conn = Conn::connect(agent.bootstrap()).await;
+        let found: FindCoordinatorResponse = conn
+            .call(
+                ApiKey::FindCoordinator,
+                4,
+                &FindCoordinatorRequest::default()
+                    .with_key_type(0)
+                    .with_coordinator_keys(vec![group_key.clone()]),
+            )
+            .await;
+        assert_eq!(
+            found.coordinators[0].node_id.0,
+            agents[coordinator].node_id(),
+            "agent {i} names another coordinator"
+        );
+        if i != coordinator {
+            let beat: HeartbeatResponse = conn
+                .call(
+                    ApiKey::Heartbeat,
+                    4,
+                    &HeartbeatRequest::default()
+                        .with_group_id(GroupId(group_key.clone()))
+                        .with_member_id(StrBytes::from_static_str("someone"))
+                        .with_generation_id(1),
+                )
+                .await;
+            assert_eq!(beat.error_code, 16, "NOT_COORDINATOR from agent {i}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn consumer_group_outlives_its_members_and_its_coordinator() {
     let Some(fleet) = Fleet::start().await else {
@@ -529,6 +571,7 @@ async fn consumer_group_outlives_its_members_and_its_coordinator() {
         .position(|a| a.logged(&["coordinating consumer group", GROUP]))
         .expect("one agent coordinates the group");
     let survivor = agents[(coordinator + 1) % 3].bootstrap();
+    check_coordinator_answers(&agents, coordinator, GROUP).await;
     let before = committed_through(&survivor, GROUP, TOPIC, PARTITIONS).await;
     let read_before = m1.reported().records.len() + m2.reported().records.len();
     agents[coordinator].kill();

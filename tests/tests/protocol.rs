@@ -2,9 +2,12 @@
 //! Each case checks the agent answers with the right error or closes only that connection,
 //! and still serves everybody else.
 
+mod common;
+
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
+use common::raw::Conn;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::offset_commit_request::{
@@ -16,106 +19,15 @@ use kafka_protocol::messages::{
     GroupId, HeartbeatRequest, HeartbeatResponse, InitProducerIdRequest, InitProducerIdResponse,
     JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest,
     ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
-    OffsetCommitResponse, ProduceRequest, ProduceResponse, RequestHeader, SyncGroupRequest,
-    SyncGroupResponse, TopicName,
+    OffsetCommitResponse, ProduceRequest, ProduceResponse, SyncGroupRequest, SyncGroupResponse,
+    TopicName,
 };
 use kafka_protocol::messages::{list_offsets_request, metadata_request, produce_request};
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 use shoal_tests::TestAgent;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-const TIMEOUT: Duration = Duration::from_secs(10);
-
-struct Conn {
-    stream: TcpStream,
-}
-
-impl Conn {
-    async fn open(agent: &TestAgent) -> Conn {
-        Conn {
-            stream: TcpStream::connect(agent.addr()).await.unwrap(),
-        }
-    }
-
-    async fn send_raw(&mut self, frame: &[u8]) {
-        self.stream.write_all(frame).await.unwrap();
-    }
-
-    async fn send<R: Encodable + HeaderVersion>(
-        &mut self,
-        key: ApiKey,
-        version: i16,
-        correlation_id: i32,
-        request: &R,
-    ) {
-        let header = RequestHeader::default()
-            .with_request_api_key(key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(correlation_id)
-            .with_client_id(Some(StrBytes::from_static_str("protocol-test")));
-        let mut body = BytesMut::new();
-        header
-            .encode(&mut body, R::header_version(version))
-            .unwrap();
-        request.encode(&mut body, version).unwrap();
-        let mut frame = BytesMut::new();
-        frame.put_u32(body.len() as u32);
-        frame.extend_from_slice(&body);
-        self.send_raw(&frame).await;
-    }
-
-    /// Reads one response frame: (correlation id, rest of the frame after it).
-    async fn recv(&mut self) -> Option<(i32, Bytes)> {
-        let read = async {
-            let len = self.stream.read_u32().await.ok()?;
-            let mut buf = vec![0u8; len as usize];
-            self.stream.read_exact(&mut buf).await.ok()?;
-            let correlation = i32::from_be_bytes(buf[0..4].try_into().unwrap());
-            Some((correlation, Bytes::from(buf).slice(4..)))
-        };
-        tokio::time::timeout(TIMEOUT, read)
-            .await
-            .expect("no answer in time")
-    }
-
-    async fn call<Req, Resp>(&mut self, key: ApiKey, version: i16, request: &Req) -> Resp
-    where
-        Req: Encodable + HeaderVersion,
-        Resp: Decodable + HeaderVersion,
-    {
-        self.send(key, version, 7, request).await;
-        self.answer(version, 7).await
-    }
-
-    /// Reads and decodes the answer to a request sent with [`Conn::send`].
-    async fn answer<Resp: Decodable + HeaderVersion>(
-        &mut self,
-        version: i16,
-        expected_correlation: i32,
-    ) -> Resp {
-        let (correlation, mut body) = self.recv().await.expect("a response");
-        assert_eq!(correlation, expected_correlation);
-        if Resp::header_version(version) >= 1 {
-            // Flexible response headers end with an (empty) tagged-field section.
-            assert_eq!(body[0], 0);
-            body = body.slice(1..);
-        }
-        Resp::decode(&mut body, version).unwrap()
-    }
-
-    /// True once the agent has closed this connection.
-    async fn is_closed(&mut self) -> bool {
-        let mut byte = [0u8; 1];
-        matches!(
-            tokio::time::timeout(TIMEOUT, self.stream.read(&mut byte)).await,
-            Ok(Ok(0)) | Ok(Err(_))
-        )
-    }
-}
 
 fn api_versions_request(name: &'static str, version: &'static str) -> ApiVersionsRequest {
     ApiVersionsRequest::default()
@@ -125,7 +37,7 @@ fn api_versions_request(name: &'static str, version: &'static str) -> ApiVersion
 
 /// The agent still answers a fresh client.
 async fn assert_serving(agent: &TestAgent) {
-    let mut conn = Conn::open(agent).await;
+    let mut conn = Conn::connect(agent.addr()).await;
     let response: ApiVersionsResponse = conn
         .call(
             ApiKey::ApiVersions,
@@ -229,7 +141,7 @@ async fn high_watermark(conn: &mut Conn, topic: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_batches_get_errors_and_store_nothing() {
     let agent = TestAgent::start().await;
-    let mut conn = Conn::open(&agent).await;
+    let mut conn = Conn::connect(agent.addr()).await;
     create_topic(&mut conn, "bad-batches").await;
 
     let good = batch(10, Compression::None);
@@ -279,7 +191,7 @@ async fn bad_batches_get_errors_and_store_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_close_only_their_connection() {
     let agent = TestAgent::start().await;
-    let mut bystander = Conn::open(&agent).await;
+    let mut bystander = Conn::connect(agent.addr()).await;
     create_topic(&mut bystander, "bystander").await;
 
     let cases: Vec<(&str, Vec<u8>)> = vec![
@@ -302,7 +214,7 @@ async fn bad_frames_close_only_their_connection() {
         ),
     ];
     for (name, bytes) in cases {
-        let mut conn = Conn::open(&agent).await;
+        let mut conn = Conn::connect(agent.addr()).await;
         conn.send_raw(&bytes).await;
         assert!(conn.is_closed().await, "{name}: connection closed");
         assert_serving(&agent).await;
@@ -382,7 +294,7 @@ async fn frames_claiming_huge_arrays_do_not_take_the_agent_down() {
         }),
     ];
     for (name, body) in cases {
-        let mut conn = Conn::open(&agent).await;
+        let mut conn = Conn::connect(agent.addr()).await;
         conn.send_raw(&frame(&body)).await;
         assert!(conn.is_closed().await, "{name}: connection closed");
         assert_serving(&agent).await;
@@ -393,7 +305,7 @@ async fn frames_claiming_huge_arrays_do_not_take_the_agent_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_versions_fallback_and_unsupported_apis() {
     let agent = TestAgent::start().await;
-    let mut conn = Conn::open(&agent).await;
+    let mut conn = Conn::connect(agent.addr()).await;
 
     // KIP-511: an ApiVersions version from the future gets a v0 answer with our ranges.
     conn.send_raw(&frame(&header(18, 99, true))).await;
@@ -454,7 +366,7 @@ async fn api_versions_fallback_and_unsupported_apis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order() {
     let agent = TestAgent::start().await;
-    let mut conn = Conn::open(&agent).await;
+    let mut conn = Conn::connect(agent.addr()).await;
     create_topic(&mut conn, "pipelined").await;
     // Produce requests wait for a flush; metadata requests do not. Answers still come back
     // in request order.
@@ -491,7 +403,7 @@ async fn pipelined_requests_are_answered_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_offsets_max_timestamp() {
     let agent = TestAgent::start().await;
-    let mut conn = Conn::open(&agent).await;
+    let mut conn = Conn::connect(agent.addr()).await;
     create_topic(&mut conn, "max-ts").await;
     // Timestamps 1_700_000_000_000 + 0..10: the largest is at offset 9.
     assert_eq!(
@@ -539,7 +451,7 @@ async fn incremental_alter_configs() {
     };
 
     let agent = TestAgent::start().await;
-    let mut conn = Conn::open(&agent).await;
+    let mut conn = Conn::connect(agent.addr()).await;
     create_topic(&mut conn, "incremental").await;
     let op = |name: &'static str, op: i8, value: Option<&'static str>| {
         AlterableConfig::default()
@@ -693,7 +605,7 @@ async fn group_membership_follows_kafka() {
         cfg.group_initial_rebalance_delay = Duration::ZERO;
     })
     .await;
-    let mut a = Conn::open(&agent).await;
+    let mut a = Conn::connect(agent.addr()).await;
     create_topic(&mut a, "grouped").await;
 
     let mut too_short = join("", None);
@@ -734,7 +646,7 @@ async fn group_membership_follows_kafka() {
 
     // A static member joins: the group rebalances, and the member waiting in JoinGroup is
     // answered once the first member has rejoined.
-    let mut s = Conn::open(&agent).await;
+    let mut s = Conn::connect(agent.addr()).await;
     s.send(ApiKey::JoinGroup, 5, 11, &join("", Some("s1")))
         .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -776,7 +688,7 @@ async fn group_membership_follows_kafka() {
 
     // The static member restarts: it takes its old place under a new member id, with no
     // rebalance, and its old incarnation is fenced.
-    let mut restarted = Conn::open(&agent).await;
+    let mut restarted = Conn::connect(agent.addr()).await;
     let back: JoinGroupResponse = restarted
         .call(ApiKey::JoinGroup, 5, &join("", Some("s1")))
         .await;

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod member;
+pub mod raw;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
