@@ -20,7 +20,9 @@ use crate::config::AgentConfig;
 use crate::connection;
 use crate::fleet::Fleet;
 use crate::groups::{GroupConfig, Groups};
+use crate::http::{self, Ops};
 use crate::index::RecentIndex;
+use crate::metrics;
 use crate::reader::Reader;
 use crate::uploads::UploadKeys;
 
@@ -40,9 +42,11 @@ pub enum StartError {
 /// A running agent.
 pub struct Agent {
     local_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     fleet: Arc<Fleet>,
     server: JoinHandle<()>,
+    http_server: Option<JoinHandle<()>>,
     batcher: JoinHandle<()>,
 }
 
@@ -63,6 +67,19 @@ impl Agent {
         let local_addr = listener
             .local_addr()
             .map_err(|e| StartError::Runtime(format!("listener address: {e}")))?;
+        let http_listener = match config.http {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| StartError::Config(format!("--http {addr}: {e}")))?,
+            ),
+            None => None,
+        };
+        let http_addr = http_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()
+            .map_err(|e| StartError::Runtime(format!("HTTP listener address: {e}")))?;
         let registration = advertised(&config, local_addr)?;
 
         let cluster_id = store
@@ -123,7 +140,7 @@ impl Agent {
             shutdown_rx.clone(),
         );
         let ctx = Arc::new(Context {
-            reader: Reader::new(store, index, storage, cache),
+            reader: Reader::new(store, index.clone(), storage, cache),
             config,
             catalog,
             batcher,
@@ -133,12 +150,23 @@ impl Agent {
             groups,
             cluster_id,
         });
+        let http_server = http_listener.zip(http_addr).map(|(listener, addr)| {
+            tracing::info!(http = %addr, "serving /metrics and /healthz");
+            let ops = Ops {
+                ctx: ctx.clone(),
+                index,
+                prometheus: metrics::prometheus(),
+            };
+            tokio::spawn(http::serve(listener, Arc::new(ops)))
+        });
         let server = tokio::spawn(accept_loop(listener, ctx));
         Ok(Agent {
             local_addr,
+            http_addr,
             shutdown,
             fleet,
             server,
+            http_server,
             batcher: batcher_task,
         })
     }
@@ -148,12 +176,20 @@ impl Agent {
         self.local_addr
     }
 
+    /// The address the operations HTTP listener is bound to, if it is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
     /// Leaves the fleet, stops accepting, answers in-flight requests, flushes and commits
     /// pending batches.
     pub async fn shutdown(self) {
         self.fleet.leave().await;
         let _ = self.shutdown.send(true);
         let _ = self.server.await;
+        if let Some(http_server) = self.http_server {
+            let _ = http_server.await;
+        }
         let _ = self.batcher.await;
     }
 }

@@ -23,6 +23,12 @@ pub struct AgentArgs {
     #[arg(long, env = "SHOAL_ADVERTISE")]
     pub advertise: Option<String>,
 
+    /// Operations HTTP listener serving /metrics and /healthz (in a container:
+    /// 0.0.0.0:9093); `off` or an empty value turns it off.
+    #[arg(long, env = "SHOAL_HTTP", value_name = "ADDR", default_value = "127.0.0.1:9093",
+          value_parser = parse_http)]
+    pub http: HttpListen,
+
     /// Metadata sequencer URL: sqlite://PATH (created if missing) or
     /// postgres://USER@HOST:PORT/DB (migrated on start).
     #[arg(
@@ -106,6 +112,20 @@ pub struct AgentArgs {
     pub cache_bytes: u64,
 }
 
+/// The `--http` value: an address, or `None` when the listener is turned off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpListen(pub Option<SocketAddr>);
+
+fn parse_http(s: &str) -> Result<HttpListen, String> {
+    let s = s.trim();
+    if s.is_empty() || s.eq_ignore_ascii_case("off") {
+        return Ok(HttpListen(None));
+    }
+    s.parse()
+        .map(|addr| HttpListen(Some(addr)))
+        .map_err(|e| format!("`{s}` is not an address like 127.0.0.1:9093 or `off`: {e}"))
+}
+
 fn parse_bytes(s: &str) -> Result<u64, String> {
     s.parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
@@ -117,6 +137,8 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 pub struct AgentConfig {
     pub listen: SocketAddr,
     pub advertise: Option<String>,
+    /// Where the operations HTTP listener binds; `None` opens no HTTP port.
+    pub http: Option<SocketAddr>,
     pub metadata_url: String,
     pub objects_url: String,
     /// Settings for `s3://` object URLs.
@@ -133,11 +155,13 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// A single-node configuration storing everything under `dir`, listening on `listen`.
+    /// A single-node configuration storing everything under `dir`, listening on `listen`,
+    /// without the HTTP listener (several such agents share a host in tests).
     pub fn local(dir: &std::path::Path, listen: SocketAddr) -> Self {
         AgentArgs {
             listen,
             advertise: None,
+            http: HttpListen(None),
             metadata: format!("sqlite://{}/metadata.db", dir.display()),
             objects: format!("file://{}/objects", dir.display()),
             s3_endpoint: None,
@@ -171,6 +195,7 @@ impl From<AgentArgs> for AgentConfig {
         AgentConfig {
             listen: args.listen,
             advertise: args.advertise,
+            http: args.http.0,
             metadata_url: args.metadata,
             objects_url: args.objects,
             s3: S3Options {
@@ -190,6 +215,38 @@ impl From<AgentArgs> for AgentConfig {
             cache_bytes: args.cache_bytes,
             group_initial_rebalance_delay: args.group_initial_rebalance_delay,
             group_min_session_timeout: args.group_min_session_timeout,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    fn http(args: &[&str]) -> Result<Option<SocketAddr>, clap::Error> {
+        let args = std::iter::once("shoal").chain(args.iter().copied());
+        Cli::try_parse_from(args).map(|cli| AgentConfig::from(cli.agent).http)
+    }
+
+    #[test]
+    fn http_takes_an_address_or_off() {
+        assert_eq!(
+            http(&["--http", "0.0.0.0:9093"]).ok(),
+            Some("0.0.0.0:9093".parse().ok())
+        );
+        assert_eq!(http(&["--http", "off"]).ok(), Some(None));
+        assert_eq!(http(&["--http", ""]).ok(), Some(None));
+        assert!(http(&["--http", "localhost"]).is_err());
+        if std::env::var_os("SHOAL_HTTP").is_none() {
+            assert_eq!(http(&[]).ok(), Some("127.0.0.1:9093".parse().ok()));
         }
     }
 }

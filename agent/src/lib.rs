@@ -10,7 +10,9 @@ mod config;
 mod connection;
 mod fleet;
 mod groups;
+mod http;
 mod index;
+mod metrics;
 mod names;
 mod reader;
 mod topic_config;
@@ -18,7 +20,7 @@ mod uploads;
 
 pub use agent::{Agent, StartError};
 pub use api::decode_frame;
-pub use config::{AgentArgs, AgentConfig};
+pub use config::{AgentArgs, AgentConfig, HttpListen};
 
 /// Milliseconds since the Unix epoch, as Kafka timestamps count.
 pub(crate) fn now_ms() -> i64 {

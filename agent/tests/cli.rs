@@ -20,20 +20,35 @@ fn bad_configuration_fails_with_exit_code_2() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = taken.local_addr().unwrap().to_string();
-    let cases: [(&[&str], &str); 5] = [
-        (&["agent", "--listen", &taken], "--listen"),
+    let cases: [(&[&str], &str); 7] = [
+        (&["agent", "--listen", &taken, "--http", "off"], "--listen"),
+        (
+            &["agent", "--listen", "127.0.0.1:0", "--http", &taken],
+            "--http",
+        ),
+        (&["agent", "--http", "somewhere"], "--http"),
         (
             &[
                 "agent",
                 "--listen",
                 "127.0.0.1:0",
+                "--http",
+                "off",
                 "--metadata",
                 "mysql://db",
             ],
             "--metadata",
         ),
         (
-            &["agent", "--listen", "127.0.0.1:0", "--objects", "ftp://x"],
+            &[
+                "agent",
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                "off",
+                "--objects",
+                "ftp://x",
+            ],
             "--objects",
         ),
         (
@@ -41,6 +56,8 @@ fn bad_configuration_fails_with_exit_code_2() {
                 "agent",
                 "--listen",
                 "127.0.0.1:0",
+                "--http",
+                "off",
                 "--objects",
                 "file:///proc/shoal-nope",
             ],
@@ -68,6 +85,7 @@ fn help_explains_the_agent_flags() {
     for flag in [
         "--listen",
         "--advertise",
+        "--http",
         "--metadata",
         "--objects",
         "--zone",

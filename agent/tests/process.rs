@@ -30,7 +30,7 @@ impl AgentProcess {
     /// Starts `shoal agent` on a free port in `dir` and waits until it is ready.
     fn start(dir: &std::path::Path) -> AgentProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args(["agent", "--listen", "127.0.0.1:0"])
+            .args(["agent", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
             .current_dir(dir)
             .env("SHOAL_LOG", "info")
             .stderr(Stdio::piped())

@@ -73,6 +73,11 @@ impl TestAgent {
         self.config.listen
     }
 
+    /// The operations HTTP listener's address, when the test turned it on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.agent.as_ref().and_then(Agent::http_addr)
+    }
+
     /// `bootstrap.servers` for clients.
     pub fn bootstrap(&self) -> String {
         self.addr().to_string()

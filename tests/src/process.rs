@@ -51,13 +51,17 @@ pub struct AgentProcess {
 const LOG_LINES: usize = 10_000;
 
 impl AgentProcess {
-    /// Starts `shoal agent` with `args` (a free loopback port unless `--listen` is given)
-    /// and `env`, and waits until it has registered and listens.
+    /// Starts `shoal agent` with `args` (free loopback ports unless `--listen` or `--http` is
+    /// given) and `env`, and waits until it has registered and listens.
     pub fn start(args: &[String], env: &[(String, String)]) -> AgentProcess {
         let mut command = Command::new(shoal_binary());
         command.arg("agent");
         if !args.iter().any(|a| a == "--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
+        }
+        // Agents side by side cannot share the default operations port.
+        if !args.iter().any(|a| a == "--http") {
+            command.args(["--http", "127.0.0.1:0"]);
         }
         let mut child = command
             .args(args)

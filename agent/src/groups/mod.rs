@@ -149,6 +149,31 @@ impl Groups {
         Ok(self.store.list_groups().await?)
     }
 
+    /// The committed offsets of every group this agent coordinates, by group name in order:
+    /// the groups running here and those it should run but has not loaded yet (read without
+    /// taking their lease, so a scrape never moves a group). Groups now coordinated by another
+    /// agent are left out, so that only one agent reports a group's lag.
+    pub async fn coordinated_offsets(
+        &self,
+    ) -> Result<Vec<(String, Vec<CommittedOffset>)>, GroupError> {
+        let me = self.fleet.me().id;
+        let mut names = self.store.list_groups().await?;
+        names.extend(self.held.lock().keys().cloned());
+        names.sort();
+        names.dedup();
+        let mut offsets = Vec::new();
+        for name in names {
+            if self.coordinator(&name).id != me {
+                continue;
+            }
+            let committed = self.store.committed_offsets(&name).await?;
+            if !committed.is_empty() {
+                offsets.push((name, committed));
+            }
+        }
+        Ok(offsets)
+    }
+
     /// The groups this agent coordinates, with their state, as ListGroups shows them. A group
     /// not running here is summarised from its saved state: listing takes no lease.
     pub async fn list(&self) -> Result<Vec<Listed>, GroupError> {
