@@ -13,14 +13,19 @@ use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
+use kafka_protocol::messages::offset_delete_request::{
+    OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
     GroupId, HeartbeatRequest, HeartbeatResponse, InitProducerIdRequest, InitProducerIdResponse,
-    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest,
-    ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
-    OffsetCommitResponse, ProduceRequest, ProduceResponse, SyncGroupRequest, SyncGroupResponse,
-    TopicName,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
+    ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse,
+    OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse, SyncGroupRequest,
+    SyncGroupResponse, TopicName,
 };
 use kafka_protocol::messages::{list_offsets_request, metadata_request, produce_request};
 use kafka_protocol::protocol::{Decodable, StrBytes};
@@ -707,6 +712,12 @@ async fn group_membership_follows_kafka() {
         .await;
     assert_eq!(beat.error_code, 0, "no rebalance for the others");
 
+    let refused: OffsetDeleteResponse = a.call(ApiKey::OffsetDelete, 0, &offset_delete()).await;
+    assert_eq!(
+        refused.topics[0].partitions[0].error_code, 86,
+        "GROUP_SUBSCRIBED_TO_TOPIC while the group has members"
+    );
+
     // Both leave in one request; the group is empty and takes offsets from outside.
     let left: LeaveGroupResponse = a
         .call(
@@ -739,6 +750,51 @@ async fn group_membership_follows_kafka() {
         0,
         "an empty group takes offsets from outside"
     );
+
+    // ListGroups filters by state.
+    let list = |state: &'static str| {
+        ListGroupsRequest::default().with_states_filter(vec![StrBytes::from_static_str(state)])
+    };
+    let empty: ListGroupsResponse = a.call(ApiKey::ListGroups, 4, &list("Empty")).await;
+    let stable: ListGroupsResponse = a.call(ApiKey::ListGroups, 4, &list("Stable")).await;
+    assert_eq!(empty.groups.len(), 1);
+    assert_eq!(empty.groups[0].group_id, group_id());
+    assert!(stable.groups.is_empty());
+
+    // OffsetFetch answers for several groups at once; OffsetDelete forgets an offset.
+    let fetch: OffsetFetchResponse = a.call(ApiKey::OffsetFetch, 8, &fetch_two_groups()).await;
+    assert_eq!(fetch.groups.len(), 2, "{fetch:?}");
+    assert!(!fetch.groups[0].topics.is_empty(), "{fetch:?}");
+    assert_eq!(fetch.groups[0].topics[0].partitions[0].committed_offset, 0);
+    assert!(fetch.groups[1].topics.is_empty(), "nothing committed");
+    let deleted: OffsetDeleteResponse = a.call(ApiKey::OffsetDelete, 0, &offset_delete()).await;
+    assert_eq!(deleted.topics[0].partitions[0].error_code, 0);
+    let fetch: OffsetFetchResponse = a.call(ApiKey::OffsetFetch, 8, &fetch_two_groups()).await;
+    assert!(fetch.groups[0].topics.is_empty(), "the offset is gone");
     assert_serving(&agent).await;
     agent.stop().await;
+}
+
+fn offset_delete() -> OffsetDeleteRequest {
+    OffsetDeleteRequest::default()
+        .with_group_id(group_id())
+        .with_topics(vec![
+            OffsetDeleteRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("grouped")))
+                .with_partitions(vec![
+                    OffsetDeleteRequestPartition::default().with_partition_index(0),
+                ]),
+        ])
+}
+
+/// Every committed offset of group "g" and of a group that never committed.
+fn fetch_two_groups() -> OffsetFetchRequest {
+    OffsetFetchRequest::default().with_groups(vec![
+        OffsetFetchRequestGroup::default()
+            .with_group_id(group_id())
+            .with_topics(None),
+        OffsetFetchRequestGroup::default()
+            .with_group_id(StrBytes::from_static_str("never-committed").into())
+            .with_topics(None),
+    ])
 }
