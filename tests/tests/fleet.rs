@@ -118,7 +118,10 @@ async fn zones_keep_clients_local_and_records_cross_zones_once_in_order() {
     let a2 = fleet.agent("zone-a");
     let b1 = fleet.agent("zone-b");
     let topic = "zones";
-    create_topic(&a1.bootstrap(), topic, 12, &[]).await;
+    // Enough partitions that every agent leads some: with 12, one of three agents leads
+    // none about 2% of the time.
+    const PARTITIONS: i32 = 48;
+    create_topic(&a1.bootstrap(), topic, PARTITIONS, &[]).await;
     wait_for_fleet(&[&a1, &a2, &b1], topic).await;
 
     let zone_a = BTreeSet::from([a1.node_id(), a2.node_id()]);
@@ -151,14 +154,14 @@ async fn zones_keep_clients_local_and_records_cross_zones_once_in_order() {
     assert!(views.windows(2).all(|w| w[0] == w[1]), "{views:?}");
 
     // Produced in zone a (to both of its agents), consumed in zone b.
-    let records = make_records("zones", 3000, 12);
+    let records = make_records("zones", 3000, PARTITIONS);
     let producer = producer(
         &a1.bootstrap(),
         &[("client.id", "shoal_az=zone-a"), ("linger.ms", "5")],
     );
     let deliveries = send_all(&producer, topic, &records).await;
     let consumer = consumer(&b1.bootstrap(), &[("client.id", "shoal_az=zone-b")]);
-    let start: Vec<_> = (0..12).map(|p| (p, Offset::Beginning)).collect();
+    let start: Vec<_> = (0..PARTITIONS).map(|p| (p, Offset::Beginning)).collect();
     assign(&consumer, topic, &start);
     let consumed = consume(&consumer, records.len(), TIMEOUT).await;
     assert_same_records(topic, &records, Some(&deliveries), &consumed);
