@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::{
-    AgentRegistration, Announcement, ChunkCommit, CommitOutcome, CommittedOffset, HighWatermark,
-    MetadataError, MetadataStore, ObjectCommit, Topic,
+    AgentRegistration, Announcement, BatchIndexEntry, ChunkCommit, CommitOutcome, CommittedOffset,
+    HighWatermark, IndexSwap, MetadataError, MetadataStore, ObjectCommit, PartitionBatch, Topic,
 };
 
 /// Runs every check in order on one empty store; panics (test failure) on the first mismatch.
@@ -24,6 +24,10 @@ pub async fn run_all(store: Arc<dyn MetadataStore>) {
     announcements(store.as_ref()).await;
     group_leases(store.as_ref()).await;
     group_offsets_and_state(store.as_ref()).await;
+    log_start_offsets(store.as_ref()).await;
+    index_swaps(store.as_ref()).await;
+    unreferenced_objects(store.as_ref()).await;
+    leases_and_progress(store.as_ref()).await;
 }
 
 fn chunk(topic: &Topic, partition: i32, offset_count: i64, max_timestamp: i64) -> ChunkCommit {
@@ -656,4 +660,328 @@ mod tests {
         assert!(crate::open("mysql://x").await.is_err());
         assert!(crate::open("not a url").await.is_err());
     }
+}
+
+async fn log_start_offsets(store: &dyn MetadataStore) {
+    let t = store
+        .create_topic("t-log-start", 1, BTreeMap::new())
+        .await
+        .unwrap();
+    for i in 0..3 {
+        store
+            .commit_object(&object(&format!("obj-lso-{i}"), vec![chunk(&t, 0, 10, i)]))
+            .await
+            .unwrap();
+    }
+    // Inside the second row: the first row goes, the second stays (it holds offset 15).
+    assert_eq!(store.advance_log_start(t.id, 0, 15).await.unwrap(), 15);
+    let rows = store.batches(t.id, 0, 0, u64::MAX).await.unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.base_offset).collect::<Vec<_>>(),
+        [10, 20]
+    );
+    assert_eq!(
+        store.advance_log_start(t.id, 0, 5).await.unwrap(),
+        15,
+        "the log start offset never goes back"
+    );
+    assert_eq!(
+        store.advance_log_start(t.id, 0, 1000).await.unwrap(),
+        30,
+        "nor past the high watermark"
+    );
+    assert!(
+        store
+            .batches(t.id, 0, 0, u64::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let offsets = store.partition_offsets(t.id, 0).await.unwrap();
+    assert_eq!((offsets.log_start_offset, offsets.high_watermark), (30, 30));
+    let next = store
+        .commit_object(&object("obj-lso-3", vec![chunk(&t, 0, 1, 1)]))
+        .await
+        .unwrap();
+    assert_eq!(next, vec![CommitOutcome::Committed { base_offset: 30 }]);
+    assert!(matches!(
+        store.advance_log_start(t.id, 7, 1).await,
+        Err(MetadataError::UnknownPartition { .. })
+    ));
+}
+
+async fn index_swaps(store: &dyn MetadataStore) {
+    let t = store
+        .create_topic("t-swap", 2, BTreeMap::new())
+        .await
+        .unwrap();
+    for i in 0..3 {
+        store
+            .commit_object(&object(
+                &format!("obj-swap-{i}"),
+                vec![chunk(&t, 0, 10, 100 + i), chunk(&t, 1, 5, 200 + i)],
+            ))
+            .await
+            .unwrap();
+    }
+    let ids: Vec<String> = (0..3).map(|i| format!("obj-swap-{i}")).collect();
+    let candidates = store
+        .merge_candidates(1_000_000, Duration::ZERO, 100_000)
+        .await
+        .unwrap();
+    for id in &ids {
+        let found = candidates.iter().find(|o| &o.id == id).expect("candidate");
+        assert_eq!((found.size, found.level), (200, 0));
+    }
+    assert!(
+        store
+            .merge_candidates(150, Duration::ZERO, 100_000)
+            .await
+            .unwrap()
+            .iter()
+            .all(|o| !ids.contains(&o.id)),
+        "objects of 200 bytes are not below 150"
+    );
+    let old = store.object_batches(&ids).await.unwrap();
+    assert_eq!(old.len(), 6);
+    assert!(
+        old.windows(2)
+            .all(|w| (w[0].topic, w[0].partition, w[0].entry.base_offset)
+                < (w[1].topic, w[1].partition, w[1].entry.base_offset))
+    );
+    let merged_row = |partition: i32, base: i64, last: i64, position: u64| PartitionBatch {
+        topic: t.id,
+        partition,
+        entry: BatchIndexEntry {
+            base_offset: base,
+            last_offset: last,
+            max_timestamp: 999,
+            object_id: "obj-merged".to_string(),
+            position,
+            size: 300,
+        },
+    };
+    store
+        .reserve_uploads(0, &["obj-merged".to_string()])
+        .await
+        .unwrap();
+    let swap = IndexSwap {
+        object_id: "obj-merged".to_string(),
+        size: 600,
+        level: 1,
+        replaced: old.clone(),
+        rows: vec![merged_row(0, 0, 29, 0), merged_row(1, 0, 14, 300)],
+    };
+    assert!(store.swap_batches(&swap).await.unwrap());
+    let rows = store.batches(t.id, 0, 0, u64::MAX).await.unwrap();
+    assert_eq!(rows, vec![merged_row(0, 0, 29, 0).entry]);
+    assert!(store.object_batches(&ids).await.unwrap().is_empty());
+    assert!(
+        store
+            .stale_uploads(Duration::ZERO)
+            .await
+            .unwrap()
+            .iter()
+            .all(|u| u.object_id != "obj-merged"),
+        "the swap clears the new object's upload reservation"
+    );
+    let merged = store
+        .merge_candidates(1_000_000, Duration::ZERO, 100_000)
+        .await
+        .unwrap();
+    let merged = merged.iter().find(|o| o.id == "obj-merged").unwrap();
+    assert_eq!((merged.size, merged.level), (600, 1));
+
+    // The same swap again finds its rows gone and changes nothing; so does a swap of rows
+    // that retention removed meanwhile.
+    let again = IndexSwap {
+        object_id: "obj-merged-again".to_string(),
+        ..swap
+    };
+    assert!(!store.swap_batches(&again).await.unwrap());
+    assert_eq!(store.batches(t.id, 1, 0, u64::MAX).await.unwrap().len(), 1);
+    let replaced = store
+        .object_batches(&["obj-merged".to_string()])
+        .await
+        .unwrap();
+    store.advance_log_start(t.id, 1, 15).await.unwrap();
+    let late = IndexSwap {
+        object_id: "obj-merged-late".to_string(),
+        size: 300,
+        level: 2,
+        replaced,
+        rows: vec![PartitionBatch {
+            entry: BatchIndexEntry {
+                object_id: "obj-merged-late".to_string(),
+                ..merged_row(0, 0, 29, 0).entry
+            },
+            ..merged_row(0, 0, 29, 0)
+        }],
+    };
+    assert!(!store.swap_batches(&late).await.unwrap());
+    assert_eq!(
+        store.batches(t.id, 0, 0, u64::MAX).await.unwrap(),
+        vec![merged_row(0, 0, 29, 0).entry],
+        "a refused swap leaves every row in place"
+    );
+}
+
+async fn unreferenced_objects(store: &dyn MetadataStore) {
+    let t = store
+        .create_topic("t-unreferenced", 1, BTreeMap::new())
+        .await
+        .unwrap();
+    for i in 0..2 {
+        store
+            .commit_object(&object(&format!("obj-gc-{i}"), vec![chunk(&t, 0, 10, 1)]))
+            .await
+            .unwrap();
+    }
+    let listed = |ids: Vec<String>| {
+        ids.into_iter()
+            .filter(|id| id.starts_with("obj-gc-"))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        listed(
+            store
+                .unreferenced_objects(Duration::ZERO, 1000)
+                .await
+                .unwrap()
+        )
+        .is_empty(),
+        "both objects are referenced"
+    );
+    store.advance_log_start(t.id, 0, 10).await.unwrap();
+    // Found unreferenced now: not yet past an hour's grace, past a zero one.
+    assert!(
+        listed(
+            store
+                .unreferenced_objects(Duration::from_secs(3600), 1000)
+                .await
+                .unwrap()
+        )
+        .is_empty()
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        listed(
+            store
+                .unreferenced_objects(Duration::ZERO, 1000)
+                .await
+                .unwrap()
+        ),
+        ["obj-gc-0"]
+    );
+    store
+        .forget_objects(&["obj-gc-0".to_string()])
+        .await
+        .unwrap();
+    assert!(
+        listed(
+            store
+                .unreferenced_objects(Duration::ZERO, 1000)
+                .await
+                .unwrap()
+        )
+        .is_empty()
+    );
+    // A late retry of the deleted object's commit is answered as a retry: no new offsets.
+    let retry = store
+        .commit_object(&object("obj-gc-0", vec![chunk(&t, 0, 10, 1)]))
+        .await
+        .unwrap();
+    assert_eq!(retry, vec![CommitOutcome::UnknownPartition]);
+    assert_eq!(
+        store
+            .partition_offsets(t.id, 0)
+            .await
+            .unwrap()
+            .high_watermark,
+        20
+    );
+    // Deleting the topic unreferences the rest.
+    store.delete_topic("t-unreferenced").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store
+        .unreferenced_objects(Duration::ZERO, 1000)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        listed(
+            store
+                .unreferenced_objects(Duration::ZERO, 1000)
+                .await
+                .unwrap()
+        ),
+        ["obj-gc-1"]
+    );
+}
+
+async fn leases_and_progress(store: &dyn MetadataStore) {
+    let ttl = Duration::from_secs(60);
+    assert!(store.acquire_lease("job-a", "c1", ttl).await.unwrap());
+    assert!(
+        store.acquire_lease("job-a", "c1", ttl).await.unwrap(),
+        "renewal"
+    );
+    assert!(!store.acquire_lease("job-a", "c2", ttl).await.unwrap());
+    assert!(store.acquire_lease("job-b", "c2", ttl).await.unwrap());
+    store.release_lease("job-a", "c2").await.unwrap();
+    assert!(
+        !store.acquire_lease("job-a", "c2", ttl).await.unwrap(),
+        "not c2's to release"
+    );
+    store.release_lease("job-a", "c1").await.unwrap();
+    assert!(store.acquire_lease("job-a", "c2", ttl).await.unwrap());
+    assert!(
+        store
+            .acquire_lease("job-c", "c1", Duration::ZERO)
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(
+        store.acquire_lease("job-c", "c2", ttl).await.unwrap(),
+        "an expired lease"
+    );
+
+    let t = store
+        .create_topic("t-progress", 2, BTreeMap::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.partition_progress("clean", t.id, 0).await.unwrap(),
+        None
+    );
+    store
+        .set_partition_progress("clean", t.id, 0, 42)
+        .await
+        .unwrap();
+    store
+        .set_partition_progress("clean", t.id, 0, 50)
+        .await
+        .unwrap();
+    store
+        .set_partition_progress("export", t.id, 0, 7)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.partition_progress("clean", t.id, 0).await.unwrap(),
+        Some(50)
+    );
+    assert_eq!(
+        store.partition_progress("export", t.id, 0).await.unwrap(),
+        Some(7)
+    );
+    assert_eq!(
+        store.partition_progress("clean", t.id, 1).await.unwrap(),
+        None
+    );
+    store.delete_topic("t-progress").await.unwrap();
+    assert_eq!(
+        store.partition_progress("clean", t.id, 0).await.unwrap(),
+        None
+    );
 }

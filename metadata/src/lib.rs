@@ -26,8 +26,8 @@ pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use types::{
     AgentInfo, AgentRegistration, Announcement, BatchBudget, BatchIndexEntry, ChunkCommit,
-    CommitOutcome, CommittedOffset, HighWatermark, ObjectCommit, PartitionOffsets, Topic, TopicId,
-    Upload,
+    CommitOutcome, CommittedOffset, HighWatermark, IndexSwap, ObjectCommit, PartitionBatch,
+    PartitionOffsets, StoredObject, Topic, TopicId, Upload,
 };
 
 /// Result alias for the sequencer.
@@ -190,6 +190,61 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Every group with saved state or committed offsets, by name.
     async fn list_groups(&self) -> Result<Vec<String>>;
+
+    /// Advances a partition's log start offset to `offset` (never back, never past the high
+    /// watermark) and deletes the batch index rows wholly below it, for retention and
+    /// DeleteRecords. Returns the log start offset now in force.
+    async fn advance_log_start(&self, topic: TopicId, partition: i32, offset: i64) -> Result<i64>;
+
+    /// Objects still referenced (or not yet checked) and smaller than `max_size` bytes,
+    /// committed at least `min_age` ago, oldest first, at most `limit`: what merging may take.
+    async fn merge_candidates(
+        &self,
+        max_size: u64,
+        min_age: Duration,
+        limit: usize,
+    ) -> Result<Vec<StoredObject>>;
+
+    /// Every batch index row referring to one of `object_ids`, ordered by topic, partition
+    /// and base offset.
+    async fn object_batches(&self, object_ids: &[String]) -> Result<Vec<PartitionBatch>>;
+
+    /// Applies `swap` in one transaction; `false` (and nothing changed) when a replaced row
+    /// is gone or was replaced already (see [`IndexSwap`]).
+    async fn swap_batches(&self, swap: &IndexSwap) -> Result<bool>;
+
+    /// Objects that no index row has referred to for at least `grace` (by the sequencer's
+    /// clock), oldest first, at most `limit`. Objects found unreferenced now start their grace
+    /// period.
+    async fn unreferenced_objects(&self, grace: Duration, limit: usize) -> Result<Vec<String>>;
+
+    /// Records that `object_ids` were deleted from the object store. Their rows stay as
+    /// tombstones for a day, so a late retry of a commit of the same key changes nothing.
+    async fn forget_objects(&self, object_ids: &[String]) -> Result<()>;
+
+    /// Takes (or renews) lease `name` for `holder`, for `ttl`; `false` while another holder
+    /// has an unexpired lease. Compactor processes share work this way.
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool>;
+
+    /// Gives up `holder`'s lease `name`.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()>;
+
+    /// How far job `job` got in a partition (the next offset it has to handle), if anywhere.
+    async fn partition_progress(
+        &self,
+        job: &str,
+        topic: TopicId,
+        partition: i32,
+    ) -> Result<Option<i64>>;
+
+    /// Records job `job`'s progress in a partition.
+    async fn set_partition_progress(
+        &self,
+        job: &str,
+        topic: TopicId,
+        partition: i32,
+        next_offset: i64,
+    ) -> Result<()>;
 }
 
 /// Opens the metadata store named by a URL (`sqlite://path/to/metadata.db` for one node,

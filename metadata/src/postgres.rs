@@ -14,11 +14,13 @@ use sqlx::postgres::PgListener;
 use tokio::sync::mpsc;
 
 use crate::announce;
-use crate::sqlite::{EXPIRED_AGENT_KEPT_MS, new_cluster_id, now_ms, ttl_ms};
+use crate::sqlite::{
+    EXPIRED_AGENT_KEPT_MS, OBJECT_TOMBSTONE_KEPT_MS, new_cluster_id, now_ms, ttl_ms,
+};
 use crate::{
     AgentInfo, AgentRegistration, Announcement, BatchBudget, BatchIndexEntry, CommitOutcome,
-    CommittedOffset, HighWatermark, MetadataError, MetadataStore, ObjectCommit, PartitionOffsets,
-    Result, Topic, TopicId, Upload,
+    CommittedOffset, HighWatermark, IndexSwap, MetadataError, MetadataStore, ObjectCommit,
+    PartitionBatch, PartitionOffsets, Result, StoredObject, Topic, TopicId, Upload,
 };
 
 /// The database's clock in ms since the epoch: leases and upload ages are judged by one clock
@@ -827,6 +829,261 @@ impl MetadataStore for PostgresStore {
         .iter()
         .map(|row| Ok(row.try_get("group_id")?))
         .collect()
+    }
+
+    async fn advance_log_start(&self, topic: TopicId, partition: i32, offset: i64) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE partitions SET log_start_offset = \
+             GREATEST(log_start_offset, LEAST($3, next_offset)) \
+             WHERE topic_id = $1::uuid AND partition = $2 RETURNING log_start_offset",
+        )
+        .bind(topic.to_string())
+        .bind(partition)
+        .bind(offset)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| MetadataError::UnknownPartition {
+            topic: topic.to_string(),
+            partition,
+        })?;
+        let start: i64 = row.try_get("log_start_offset")?;
+        sqlx::query(
+            "DELETE FROM batches WHERE topic_id = $1::uuid AND partition = $2 \
+             AND last_offset < $3",
+        )
+        .bind(topic.to_string())
+        .bind(partition)
+        .bind(start)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(start)
+    }
+
+    async fn merge_candidates(
+        &self,
+        max_size: u64,
+        min_age: Duration,
+        limit: usize,
+    ) -> Result<Vec<StoredObject>> {
+        sqlx::query(
+            "SELECT id, size, level, committed_at_ms FROM objects \
+             WHERE deleted_at_ms IS NULL AND unreferenced_at_ms IS NULL \
+             AND size < $1 AND committed_at_ms <= $2 ORDER BY committed_at_ms, id LIMIT $3",
+        )
+        .bind(max_size.min(i64::MAX as u64) as i64)
+        .bind(now_ms() - ttl_ms(min_age))
+        .bind(limit.min(i64::MAX as usize) as i64)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(StoredObject {
+                id: row.try_get("id")?,
+                size: row.try_get::<i64, _>("size")? as u64,
+                level: row.try_get("level")?,
+                committed_at_ms: row.try_get("committed_at_ms")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn object_batches(&self, object_ids: &[String]) -> Result<Vec<PartitionBatch>> {
+        sqlx::query(
+            "SELECT topic_id::text AS topic_id, partition, base_offset, last_offset, \
+             max_timestamp, object_id, position, size FROM batches \
+             WHERE object_id = ANY($1::text[]) ORDER BY topic_id, partition, base_offset",
+        )
+        .bind(object_ids)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(PartitionBatch {
+                topic: topic_id_from(row.try_get("topic_id")?)?,
+                partition: row.try_get("partition")?,
+                entry: entry_from(row)?,
+            })
+        })
+        .collect()
+    }
+
+    async fn swap_batches(&self, swap: &IndexSwap) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let old = &swap.replaced;
+        // Row locks taken by the DELETE make a concurrent retention or swap of the same rows
+        // wait, then find them gone.
+        let gone = sqlx::query(
+            "DELETE FROM batches b USING UNNEST($1::uuid[], $2::int4[], $3::int8[], \
+             $4::int8[], $5::text[]) AS r(topic_id, partition, base_offset, last_offset, \
+             object_id) WHERE b.topic_id = r.topic_id AND b.partition = r.partition \
+             AND b.base_offset = r.base_offset AND b.last_offset = r.last_offset \
+             AND b.object_id = r.object_id",
+        )
+        .bind(old.iter().map(|r| r.topic.to_string()).collect::<Vec<_>>())
+        .bind(old.iter().map(|r| r.partition).collect::<Vec<_>>())
+        .bind(old.iter().map(|r| r.entry.base_offset).collect::<Vec<_>>())
+        .bind(old.iter().map(|r| r.entry.last_offset).collect::<Vec<_>>())
+        .bind(
+            old.iter()
+                .map(|r| r.entry.object_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *tx)
+        .await?;
+        if gone.rows_affected() != old.len() as u64 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO objects (id, size, committed_at_ms, level) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&swap.object_id)
+        .bind(swap.size as i64)
+        .bind(now_ms())
+        .bind(swap.level)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM uploads WHERE id = $1")
+            .bind(&swap.object_id)
+            .execute(&mut *tx)
+            .await?;
+        let new = &swap.rows;
+        sqlx::query(
+            "INSERT INTO batches (topic_id, partition, base_offset, last_offset, \
+             max_timestamp, object_id, position, size, chunk_index) \
+             SELECT r.topic_id, r.partition, r.base_offset, r.last_offset, r.max_timestamp, \
+             $6, r.position, r.size, (r.ord - 1)::int4 \
+             FROM UNNEST($1::uuid[], $2::int4[], $3::int8[], $4::int8[], $5::int8[], \
+             $7::int8[], $8::int8[]) WITH ORDINALITY \
+             AS r(topic_id, partition, base_offset, last_offset, max_timestamp, position, size, ord)",
+        )
+        .bind(new.iter().map(|r| r.topic.to_string()).collect::<Vec<_>>())
+        .bind(new.iter().map(|r| r.partition).collect::<Vec<_>>())
+        .bind(new.iter().map(|r| r.entry.base_offset).collect::<Vec<_>>())
+        .bind(new.iter().map(|r| r.entry.last_offset).collect::<Vec<_>>())
+        .bind(new.iter().map(|r| r.entry.max_timestamp).collect::<Vec<_>>())
+        .bind(&swap.object_id)
+        .bind(new.iter().map(|r| r.entry.position as i64).collect::<Vec<_>>())
+        .bind(new.iter().map(|r| r.entry.size as i64).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn unreferenced_objects(&self, grace: Duration, limit: usize) -> Result<Vec<String>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(concat!(
+            "UPDATE objects SET unreferenced_at_ms = ",
+            db_now_ms!(),
+            " WHERE unreferenced_at_ms IS NULL AND deleted_at_ms IS NULL ",
+            "AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.object_id = objects.id)"
+        ))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(concat!(
+            "DELETE FROM objects WHERE deleted_at_ms <= ",
+            db_now_ms!(),
+            " - $1"
+        ))
+        .bind(OBJECT_TOMBSTONE_KEPT_MS)
+        .execute(&mut *tx)
+        .await?;
+        let ids = sqlx::query(concat!(
+            "SELECT id FROM objects WHERE deleted_at_ms IS NULL AND unreferenced_at_ms <= ",
+            db_now_ms!(),
+            " - $1 ORDER BY unreferenced_at_ms, id LIMIT $2"
+        ))
+        .bind(ttl_ms(grace))
+        .bind(limit.min(i64::MAX as usize) as i64)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| row.try_get("id"))
+        .collect::<Result<Vec<String>, _>>()?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn forget_objects(&self, object_ids: &[String]) -> Result<()> {
+        sqlx::query(concat!(
+            "UPDATE objects SET deleted_at_ms = ",
+            db_now_ms!(),
+            " WHERE id = ANY($1::text[])"
+        ))
+        .bind(object_ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
+        let taken = sqlx::query(concat!(
+            "INSERT INTO leases (name, holder, expires_at_ms) ",
+            "SELECT $1, $2, now_ms + $3 FROM (SELECT ",
+            db_now_ms!(),
+            " AS now_ms) t ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, ",
+            "expires_at_ms = EXCLUDED.expires_at_ms ",
+            "WHERE leases.holder = EXCLUDED.holder OR leases.expires_at_ms <= ",
+            db_now_ms!()
+        ))
+        .bind(name)
+        .bind(holder)
+        .bind(ttl_ms(ttl))
+        .execute(&self.pool)
+        .await?;
+        Ok(taken.rows_affected() > 0)
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn partition_progress(
+        &self,
+        job: &str,
+        topic: TopicId,
+        partition: i32,
+    ) -> Result<Option<i64>> {
+        Ok(sqlx::query(
+            "SELECT next_offset FROM partition_progress \
+             WHERE job = $1 AND topic_id = $2::uuid AND partition = $3",
+        )
+        .bind(job)
+        .bind(topic.to_string())
+        .bind(partition)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| row.try_get("next_offset"))
+        .transpose()?)
+    }
+
+    async fn set_partition_progress(
+        &self,
+        job: &str,
+        topic: TopicId,
+        partition: i32,
+        next_offset: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO partition_progress (job, topic_id, partition, next_offset) \
+             VALUES ($1, $2::uuid, $3, $4) ON CONFLICT (job, topic_id, partition) \
+             DO UPDATE SET next_offset = EXCLUDED.next_offset",
+        )
+        .bind(job)
+        .bind(topic.to_string())
+        .bind(partition)
+        .bind(next_offset)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 }
 

@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 
 use crate::{
     AgentInfo, AgentRegistration, Announcement, BatchBudget, BatchIndexEntry, CommitOutcome,
-    CommittedOffset, HighWatermark, MetadataError, MetadataStore, ObjectCommit, PartitionOffsets,
-    Result, Topic, TopicId, Upload,
+    CommittedOffset, HighWatermark, IndexSwap, MetadataError, MetadataStore, ObjectCommit,
+    PartitionBatch, PartitionOffsets, Result, StoredObject, Topic, TopicId, Upload,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -758,7 +758,252 @@ impl MetadataStore for SqliteStore {
         .map(|row| Ok(row.try_get("group_id")?))
         .collect()
     }
+
+    async fn advance_log_start(&self, topic: TopicId, partition: i32, offset: i64) -> Result<i64> {
+        let mut tx = self.write().await?;
+        let row = sqlx::query(
+            "UPDATE partitions SET log_start_offset = \
+             MAX(log_start_offset, MIN(?, next_offset)) \
+             WHERE topic_id = ? AND partition = ? RETURNING log_start_offset",
+        )
+        .bind(offset)
+        .bind(topic.as_bytes().as_slice())
+        .bind(partition)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| MetadataError::UnknownPartition {
+            topic: topic.to_string(),
+            partition,
+        })?;
+        let start: i64 = row.try_get("log_start_offset")?;
+        sqlx::query("DELETE FROM batches WHERE topic_id = ? AND partition = ? AND last_offset < ?")
+            .bind(topic.as_bytes().as_slice())
+            .bind(partition)
+            .bind(start)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(start)
+    }
+
+    async fn merge_candidates(
+        &self,
+        max_size: u64,
+        min_age: Duration,
+        limit: usize,
+    ) -> Result<Vec<StoredObject>> {
+        sqlx::query(
+            "SELECT id, size, level, committed_at_ms FROM objects \
+             WHERE deleted_at_ms IS NULL AND unreferenced_at_ms IS NULL \
+             AND size < ? AND committed_at_ms <= ? ORDER BY committed_at_ms, id LIMIT ?",
+        )
+        .bind(max_size.min(i64::MAX as u64) as i64)
+        .bind(now_ms() - ttl_ms(min_age))
+        .bind(limit.min(i64::MAX as usize) as i64)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(stored_object_from)
+        .collect()
+    }
+
+    async fn object_batches(&self, object_ids: &[String]) -> Result<Vec<PartitionBatch>> {
+        let mut rows = Vec::new();
+        for id in object_ids {
+            let found = sqlx::query(
+                "SELECT topic_id, partition, base_offset, last_offset, max_timestamp, \
+                 object_id, position, size FROM batches WHERE object_id = ?",
+            )
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+            for row in &found {
+                rows.push(PartitionBatch {
+                    topic: topic_id_from(row.try_get::<&[u8], _>("topic_id")?)?,
+                    partition: row.try_get("partition")?,
+                    entry: entry_from(row)?,
+                });
+            }
+        }
+        rows.sort_by_key(|r| (r.topic, r.partition, r.entry.base_offset));
+        Ok(rows)
+    }
+
+    async fn swap_batches(&self, swap: &IndexSwap) -> Result<bool> {
+        let mut tx = self.write().await?;
+        for old in &swap.replaced {
+            let gone = sqlx::query(
+                "DELETE FROM batches WHERE topic_id = ? AND partition = ? AND base_offset = ? \
+                 AND last_offset = ? AND object_id = ?",
+            )
+            .bind(old.topic.as_bytes().as_slice())
+            .bind(old.partition)
+            .bind(old.entry.base_offset)
+            .bind(old.entry.last_offset)
+            .bind(&old.entry.object_id)
+            .execute(&mut *tx)
+            .await?;
+            if gone.rows_affected() != 1 {
+                // Dropping the transaction rolls back what was deleted so far.
+                return Ok(false);
+            }
+        }
+        sqlx::query("INSERT INTO objects (id, size, committed_at_ms, level) VALUES (?, ?, ?, ?)")
+            .bind(&swap.object_id)
+            .bind(swap.size as i64)
+            .bind(now_ms())
+            .bind(swap.level)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM uploads WHERE id = ?")
+            .bind(&swap.object_id)
+            .execute(&mut *tx)
+            .await?;
+        for (index, new) in swap.rows.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO batches (topic_id, partition, base_offset, last_offset, \
+                 max_timestamp, object_id, position, size, chunk_index) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(new.topic.as_bytes().as_slice())
+            .bind(new.partition)
+            .bind(new.entry.base_offset)
+            .bind(new.entry.last_offset)
+            .bind(new.entry.max_timestamp)
+            .bind(&swap.object_id)
+            .bind(new.entry.position as i64)
+            .bind(new.entry.size as i64)
+            .bind(index as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn unreferenced_objects(&self, grace: Duration, limit: usize) -> Result<Vec<String>> {
+        let now = now_ms();
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "UPDATE objects SET unreferenced_at_ms = ? WHERE unreferenced_at_ms IS NULL \
+             AND deleted_at_ms IS NULL \
+             AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.object_id = objects.id)",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM objects WHERE deleted_at_ms <= ?")
+            .bind(now - OBJECT_TOMBSTONE_KEPT_MS)
+            .execute(&mut *tx)
+            .await?;
+        let ids = sqlx::query(
+            "SELECT id FROM objects WHERE deleted_at_ms IS NULL AND unreferenced_at_ms <= ? \
+             ORDER BY unreferenced_at_ms, id LIMIT ?",
+        )
+        .bind(now - ttl_ms(grace))
+        .bind(limit.min(i64::MAX as usize) as i64)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| row.try_get("id"))
+        .collect::<Result<Vec<String>, _>>()?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn forget_objects(&self, object_ids: &[String]) -> Result<()> {
+        let now = now_ms();
+        let mut tx = self.write().await?;
+        for id in object_ids {
+            sqlx::query("UPDATE objects SET deleted_at_ms = ? WHERE id = ?")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
+        let now = now_ms();
+        let taken = sqlx::query(
+            "INSERT INTO leases (name, holder, expires_at_ms) VALUES (?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+             expires_at_ms = excluded.expires_at_ms \
+             WHERE leases.holder = excluded.holder OR leases.expires_at_ms <= ?",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now + ttl_ms(ttl))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(taken.rows_affected() > 0)
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        sqlx::query("DELETE FROM leases WHERE name = ? AND holder = ?")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn partition_progress(
+        &self,
+        job: &str,
+        topic: TopicId,
+        partition: i32,
+    ) -> Result<Option<i64>> {
+        Ok(sqlx::query(
+            "SELECT next_offset FROM partition_progress \
+             WHERE job = ? AND topic_id = ? AND partition = ?",
+        )
+        .bind(job)
+        .bind(topic.as_bytes().as_slice())
+        .bind(partition)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| row.try_get("next_offset"))
+        .transpose()?)
+    }
+
+    async fn set_partition_progress(
+        &self,
+        job: &str,
+        topic: TopicId,
+        partition: i32,
+        next_offset: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO partition_progress (job, topic_id, partition, next_offset) \
+             VALUES (?, ?, ?, ?) ON CONFLICT (job, topic_id, partition) \
+             DO UPDATE SET next_offset = excluded.next_offset",
+        )
+        .bind(job)
+        .bind(topic.as_bytes().as_slice())
+        .bind(partition)
+        .bind(next_offset)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
 }
+
+fn stored_object_from(row: &sqlx::sqlite::SqliteRow) -> Result<StoredObject> {
+    Ok(StoredObject {
+        id: row.try_get("id")?,
+        size: row.try_get::<i64, _>("size")? as u64,
+        level: row.try_get("level")?,
+        committed_at_ms: row.try_get("committed_at_ms")?,
+    })
+}
+
+/// How long the row of a deleted object is kept, so a very late commit retry of its key is
+/// answered as a retry instead of committing a missing object.
+pub(crate) const OBJECT_TOMBSTONE_KEPT_MS: i64 = 24 * 3600 * 1000;
 
 /// Fails unless agent `agent` holds the lease on `group`. Taking a lease over changes its
 /// agent, so a lapsed lease that nobody took is still safe to write under.

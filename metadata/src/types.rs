@@ -183,3 +183,38 @@ pub struct CommittedOffset {
     /// When the offset was committed (ms since the epoch).
     pub commit_time_ms: i64,
 }
+
+/// A committed object, as the compactor picks objects to merge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub id: String,
+    pub size: u64,
+    /// 0 for an agent's flush; one more than its inputs' highest level for a merged object.
+    pub level: i32,
+    /// When the object was committed (ms since the epoch).
+    pub committed_at_ms: i64,
+}
+
+/// A batch index row together with its partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionBatch {
+    pub topic: TopicId,
+    pub partition: i32,
+    pub entry: BatchIndexEntry,
+}
+
+/// A rewritten object taking the place of the index rows it was made from, all at once.
+///
+/// Applied only if every row in `replaced` is still in the index exactly as listed (same
+/// base offset, same object): retention, DeleteRecords or another compactor may have moved
+/// on since the rows were read, and then nothing changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexSwap {
+    /// The new object's key; its upload reservation (if any) is released by the swap.
+    pub object_id: String,
+    pub size: u64,
+    pub level: i32,
+    pub replaced: Vec<PartitionBatch>,
+    /// Rows of the new object. Their offsets lie within the replaced rows' ranges.
+    pub rows: Vec<PartitionBatch>,
+}
