@@ -635,33 +635,6 @@ async fn group_offsets_and_state(store: &dyn MetadataStore) {
     store.release_group("g-other", 6).await.unwrap();
 }
 
-#[cfg(test)]
-mod tests {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite_file_backend_conforms() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/meta/metadata.db", dir.path().display());
-        let store = crate::open(&url).await.unwrap();
-        super::run_all(store).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres_backend_conforms() {
-        let Some(pg) = crate::testing::TestPostgres::start_unless_skipped().unwrap() else {
-            return;
-        };
-        let url = pg.create_database().await.unwrap();
-        let store = crate::open(&url).await.unwrap();
-        super::run_all(store).await;
-    }
-
-    #[tokio::test]
-    async fn bad_urls_are_refused() {
-        assert!(crate::open("mysql://x").await.is_err());
-        assert!(crate::open("not a url").await.is_err());
-    }
-}
-
 async fn log_start_offsets(store: &dyn MetadataStore) {
     let t = store
         .create_topic("t-log-start", 1, BTreeMap::new())
@@ -984,4 +957,31 @@ async fn leases_and_progress(store: &dyn MetadataStore) {
         store.partition_progress("clean", t.id, 0).await.unwrap(),
         None
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_file_backend_conforms() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/meta/metadata.db", dir.path().display());
+        let store = crate::open(&url).await.unwrap();
+        super::run_all(store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_backend_conforms() {
+        let Some(pg) = crate::testing::TestPostgres::start_unless_skipped().unwrap() else {
+            return;
+        };
+        let url = pg.create_database().await.unwrap();
+        let store = crate::open(&url).await.unwrap();
+        super::run_all(store).await;
+    }
+
+    #[tokio::test]
+    async fn bad_urls_are_refused() {
+        assert!(crate::open("mysql://x").await.is_err());
+        assert!(crate::open("not a url").await.is_err());
+    }
 }
