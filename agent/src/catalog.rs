@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use shoal_metadata::{MetadataError, MetadataStore, Topic, TopicId};
 
-use crate::topic_config::TopicSettings;
+use shoal_metadata::topic_config::TopicSettings;
 
 /// A topic with its configs parsed for the hot paths.
 #[derive(Debug)]

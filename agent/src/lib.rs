@@ -15,7 +15,6 @@ mod index;
 mod metrics;
 mod names;
 mod reader;
-mod topic_config;
 mod uploads;
 
 pub use agent::{Agent, StartError};

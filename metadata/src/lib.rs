@@ -12,6 +12,7 @@ mod postgres;
 mod sqlite;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod topic_config;
 mod types;
 
 use std::collections::BTreeMap;

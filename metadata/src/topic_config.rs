@@ -1,5 +1,6 @@
 //! Topic configs under Kafka's names: which exist, their defaults, how they are validated,
-//! and the typed settings the produce path reads.
+//! and the typed settings the produce path reads. The catalog owns them, so the agent and
+//! the compactor read the same defaults.
 
 use std::collections::BTreeMap;
 
@@ -60,6 +61,12 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
         ConfigType::Long,
         "-1",
         "Partition size beyond which old records may be deleted (-1: no limit)",
+    ),
+    def(
+        "shoal.parquet.export",
+        ConfigType::Boolean,
+        "false",
+        "Whether the compactor exports the topic's records as Parquet files",
     ),
     def(
         "max.message.bytes",

@@ -70,7 +70,10 @@ struct PendingChunk {
 /// Gathers client batches into one object, keeping the client's `Bytes` uncopied.
 #[derive(Debug, Default)]
 pub struct ObjectBuilder {
-    chunks: BTreeMap<(Uuid, i32), PendingChunk>,
+    /// Keyed by (topic, partition, run): the batcher appends everything of a partition to
+    /// run 0; the compactor adds runs of one partition as separate chunks, keyed by their
+    /// base offsets, so they stay in offset order.
+    chunks: BTreeMap<(Uuid, i32, i64), PendingChunk>,
     len_bytes: u64,
 }
 
@@ -90,9 +93,24 @@ impl ObjectBuilder {
         offset_count: i64,
         max_timestamp: i64,
     ) -> i64 {
+        self.append_run(topic, partition, 0, batches, offset_count, max_timestamp)
+    }
+
+    /// Like [`Self::append`], but into the chunk of `run` of the partition: the compactor
+    /// writes each contiguous offset range of a partition as a chunk of its own (its index
+    /// row), with `run` its base offset.
+    pub fn append_run(
+        &mut self,
+        topic: Uuid,
+        partition: i32,
+        run: i64,
+        batches: Bytes,
+        offset_count: i64,
+        max_timestamp: i64,
+    ) -> i64 {
         let chunk = self
             .chunks
-            .entry((topic, partition))
+            .entry((topic, partition, run))
             .or_insert_with(|| PendingChunk {
                 max_timestamp: i64::MIN,
                 ..PendingChunk::default()
@@ -122,7 +140,7 @@ impl ObjectBuilder {
             Vec::with_capacity(self.chunks.values().map(|c| c.parts.len()).sum::<usize>() + 1);
         let mut chunks = Vec::with_capacity(self.chunks.len());
         let mut position = 0;
-        for ((topic, partition), chunk) in self.chunks {
+        for ((topic, partition, _), chunk) in self.chunks {
             chunks.push(ChunkInfo {
                 topic,
                 partition,

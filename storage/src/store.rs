@@ -244,6 +244,14 @@ impl ObjectStorage {
         self.prefix.clone().join(object_id)
     }
 
+    /// The path of `key`, whose `/`-separated parts become directories.
+    fn file_path(&self, key: &str) -> Path {
+        match self.prefix.as_ref() {
+            "" => Path::from(key),
+            prefix => Path::from(format!("{prefix}/{key}")),
+        }
+    }
+
     /// Writes an object without concatenating its parts, refusing to overwrite; a slow PUT
     /// is hedged (see [`PutHedge`]) when the storage was opened with `put_hedging`.
     pub async fn put(&self, object_id: &str, parts: Vec<Bytes>) -> Result<(), StorageError> {
@@ -311,6 +319,43 @@ impl ObjectStorage {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Writes a file that is not an object (a Parquet export) at `key` under the storage's
+    /// prefix, replacing what is there: an export rewritten after a crash holds the same
+    /// records, so the last copy may win.
+    pub async fn put_file(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        let options = PutOptions::from(PutMode::Overwrite);
+        self.store
+            .put_opts(&self.file_path(key), PutPayload::from(data), options)
+            .await?;
+        Ok(())
+    }
+
+    /// Reads a file written by [`Self::put_file`] (or any key under the prefix).
+    pub async fn get_file(&self, key: &str) -> Result<Bytes, StorageError> {
+        Ok(self.store.get(&self.file_path(key)).await?.bytes().await?)
+    }
+
+    /// Keys of files under `dir` (relative to the storage's prefix), for tools and tests
+    /// that look at exports.
+    pub async fn list_files(&self, dir: &str) -> Result<Vec<String>, StorageError> {
+        use futures::TryStreamExt;
+        let base = self.file_path(dir);
+        let mut keys: Vec<String> = self
+            .store
+            .list(Some(&base))
+            .map_ok(|meta| {
+                let full = meta.location.as_ref();
+                full.strip_prefix(self.prefix.as_ref())
+                    .unwrap_or(full)
+                    .trim_start_matches('/')
+                    .to_string()
+            })
+            .try_collect()
+            .await?;
+        keys.sort();
+        Ok(keys)
     }
 
     /// Reads a byte range of an object.

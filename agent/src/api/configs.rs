@@ -15,7 +15,7 @@ use kafka_protocol::messages::{
 
 use super::topics::{SOURCE_DEFAULT, SOURCE_TOPIC};
 use super::{Context, metadata_error_code, str_bytes};
-use crate::topic_config::{self, ConfigType, TOPIC_CONFIGS, config_def};
+use shoal_metadata::topic_config::{self, ConfigType, TOPIC_CONFIGS, config_def};
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;

@@ -15,7 +15,7 @@ use kafka_protocol::messages::{
 
 use super::{Context, RequestContext, metadata_error_code, str_bytes};
 use crate::names::validate_topic_name;
-use crate::topic_config::{self, TOPIC_CONFIGS};
+use shoal_metadata::topic_config::{self, TOPIC_CONFIGS};
 
 /// Kafka's DescribeConfigs/CreateTopics config source codes.
 pub const SOURCE_TOPIC: i8 = 1;
