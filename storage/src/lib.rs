@@ -4,10 +4,12 @@
 
 pub mod batch;
 pub mod cache;
+pub mod compact;
 pub mod object;
 pub mod store;
 
 pub use batch::{BatchError, BatchHeader, Validated};
 pub use cache::ChunkCache;
+pub use compact::{CompactError, CompactOptions, CompactedChunk, KeyIndex, compact_chunk};
 pub use object::{BuiltObject, ChunkInfo, ObjectBuilder, ObjectError};
 pub use store::{ObjectStorage, S3Credentials, S3Options, StorageError};
