@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use shoal_compactor::{Compactor, CompactorConfig};
 use shoal_metadata::AgentRegistration;
 
 use crate::announce::{self, Announcer};
@@ -48,6 +49,7 @@ pub struct Agent {
     server: JoinHandle<()>,
     http_server: Option<JoinHandle<()>>,
     batcher: JoinHandle<()>,
+    compactor: Option<JoinHandle<()>>,
 }
 
 impl Agent {
@@ -139,6 +141,19 @@ impl Agent {
             },
             shutdown_rx.clone(),
         );
+        let compactor = config.compaction_interval.map(|interval| {
+            tracing::info!(?interval, "running the compactor in this agent");
+            let compactor = Compactor::new(
+                store.clone(),
+                storage.clone(),
+                CompactorConfig {
+                    interval,
+                    ..CompactorConfig::default()
+                },
+            );
+            let shutdown = shutdown_rx.clone();
+            tokio::spawn(async move { compactor.run(shutdown).await })
+        });
         let ctx = Arc::new(Context {
             reader: Reader::new(store, index.clone(), storage, cache),
             config,
@@ -168,6 +183,7 @@ impl Agent {
             server,
             http_server,
             batcher: batcher_task,
+            compactor,
         })
     }
 
@@ -191,6 +207,11 @@ impl Agent {
             let _ = http_server.await;
         }
         let _ = self.batcher.await;
+        // A pass cut short leaves nothing half done (see `shoal_compactor`), so a stopping
+        // agent does not wait for it.
+        if let Some(compactor) = self.compactor {
+            compactor.abort();
+        }
     }
 }
 

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
+use shoal_compactor::CompactorConfig;
 use shoal_storage::S3Options;
 
 /// Default flush interval on object stores, where each PUT costs tens of milliseconds.
@@ -11,6 +12,9 @@ pub const DEFAULT_FLUSH_INTERVAL_OBJECT_STORE: Duration = Duration::from_millis(
 /// Default flush interval for a local directory, where a write costs little and a laptop user
 /// expects low latency.
 pub const DEFAULT_FLUSH_INTERVAL_LOCAL: Duration = Duration::from_millis(5);
+
+/// Default period of the compactor inside a single-node agent.
+pub const DEFAULT_COMPACTION_INTERVAL: Duration = Duration::from_secs(30);
 
 /// `shoal agent` flags.
 #[derive(Debug, Clone, Args)]
@@ -29,44 +33,8 @@ pub struct AgentArgs {
           value_parser = parse_http)]
     pub http: HttpListen,
 
-    /// Metadata sequencer URL: sqlite://PATH (created if missing) or
-    /// postgres://USER@HOST:PORT/DB (migrated on start).
-    #[arg(
-        long,
-        env = "SHOAL_METADATA",
-        default_value = "sqlite://shoal-data/metadata.db"
-    )]
-    pub metadata: String,
-
-    /// Object storage URL: file://DIRECTORY (created if missing) or s3://BUCKET[/PREFIX]
-    /// (credentials from the standard AWS environment).
-    #[arg(
-        long,
-        env = "SHOAL_OBJECTS",
-        default_value = "file://shoal-data/objects"
-    )]
-    pub objects: String,
-
-    /// Endpoint URL of an S3-compatible store (default: AWS, or AWS_ENDPOINT).
-    #[arg(long, env = "SHOAL_S3_ENDPOINT")]
-    pub s3_endpoint: Option<String>,
-
-    /// S3 region (default: AWS_REGION or AWS_DEFAULT_REGION, else us-east-1).
-    #[arg(long, env = "SHOAL_S3_REGION")]
-    pub s3_region: Option<String>,
-
-    /// Allow an http:// S3 endpoint.
-    #[arg(long, env = "SHOAL_S3_ALLOW_HTTP")]
-    pub s3_allow_http: bool,
-
-    /// Address S3 buckets as BUCKET.ENDPOINT instead of ENDPOINT/BUCKET.
-    #[arg(long, env = "SHOAL_S3_VIRTUAL_HOSTED_STYLE")]
-    pub s3_virtual_hosted_style: bool,
-
-    /// Send a second copy of a PUT slower than 95% of recent ones, so the object store's
-    /// latency tail does not become the producers' (about 5% more PUT requests).
-    #[arg(long, env = "SHOAL_S3_PUT_HEDGING", default_value_t = true, action = clap::ArgAction::Set)]
-    pub s3_put_hedging: bool,
+    #[command(flatten)]
+    pub storage: StorageArgs,
 
     /// Availability zone of this agent.
     #[arg(long, env = "SHOAL_ZONE")]
@@ -110,6 +78,181 @@ pub struct AgentArgs {
     /// Memory for recently written and read chunks.
     #[arg(long, env = "SHOAL_CACHE_BYTES", default_value = "128MiB", value_parser = parse_bytes)]
     pub cache_bytes: u64,
+
+    /// Run the compactor inside this agent every DURATION (e.g. 30s), or `off`. Default: every
+    /// 30s on the embedded SQLite + local directory, off otherwise (a fleet runs
+    /// `shoal compactor`).
+    #[arg(long, env = "SHOAL_COMPACTION_INTERVAL", value_name = "DURATION|off",
+          value_parser = parse_interval)]
+    pub compaction_interval: Option<Interval>,
+}
+
+/// Where the sequencer and the objects are: the flags every subcommand that touches them
+/// shares.
+#[derive(Debug, Clone, Args)]
+pub struct StorageArgs {
+    /// Metadata sequencer URL: sqlite://PATH (created if missing) or
+    /// postgres://USER@HOST:PORT/DB (migrated on start).
+    #[arg(
+        long,
+        env = "SHOAL_METADATA",
+        default_value = "sqlite://shoal-data/metadata.db"
+    )]
+    pub metadata: String,
+
+    /// Object storage URL: file://DIRECTORY (created if missing) or s3://BUCKET[/PREFIX]
+    /// (credentials from the standard AWS environment).
+    #[arg(
+        long,
+        env = "SHOAL_OBJECTS",
+        default_value = "file://shoal-data/objects"
+    )]
+    pub objects: String,
+
+    /// Endpoint URL of an S3-compatible store (default: AWS, or AWS_ENDPOINT).
+    #[arg(long, env = "SHOAL_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region (default: AWS_REGION or AWS_DEFAULT_REGION, else us-east-1).
+    #[arg(long, env = "SHOAL_S3_REGION")]
+    pub s3_region: Option<String>,
+
+    /// Allow an http:// S3 endpoint.
+    #[arg(long, env = "SHOAL_S3_ALLOW_HTTP")]
+    pub s3_allow_http: bool,
+
+    /// Address S3 buckets as BUCKET.ENDPOINT instead of ENDPOINT/BUCKET.
+    #[arg(long, env = "SHOAL_S3_VIRTUAL_HOSTED_STYLE")]
+    pub s3_virtual_hosted_style: bool,
+
+    /// Send a second copy of a PUT slower than 95% of recent ones, so the object store's
+    /// latency tail does not become the producers' (about 5% more PUT requests).
+    #[arg(long, env = "SHOAL_S3_PUT_HEDGING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub s3_put_hedging: bool,
+}
+
+impl StorageArgs {
+    /// The embedded default: everything under `dir`.
+    pub fn local(dir: &std::path::Path) -> Self {
+        StorageArgs {
+            metadata: format!("sqlite://{}/metadata.db", dir.display()),
+            objects: format!("file://{}/objects", dir.display()),
+            s3_endpoint: None,
+            s3_region: None,
+            s3_allow_http: false,
+            s3_virtual_hosted_style: false,
+            s3_put_hedging: true,
+        }
+    }
+
+    /// Settings for `s3://` object URLs.
+    pub fn s3_options(&self) -> S3Options {
+        S3Options {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            allow_http: self.s3_allow_http,
+            virtual_hosted_style: self.s3_virtual_hosted_style,
+            credentials: None,
+            put_hedging: self.s3_put_hedging,
+        }
+    }
+
+    /// The embedded single-node default: SQLite and a local directory.
+    pub fn is_embedded(&self) -> bool {
+        self.metadata.starts_with("sqlite:") && self.objects.starts_with("file:")
+    }
+}
+
+/// `shoal compactor` flags.
+#[derive(Debug, Clone, Args)]
+pub struct CompactorArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+
+    /// Time between passes.
+    #[arg(long, env = "SHOAL_COMPACTOR_INTERVAL", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+
+    /// Run one full pass, then exit (for cron jobs and tests).
+    #[arg(long)]
+    pub once: bool,
+
+    /// Size merged objects aim for; objects of half of it or more are left alone.
+    #[arg(long, env = "SHOAL_MERGE_TARGET_BYTES", default_value = "32MiB", value_parser = parse_bytes)]
+    pub merge_target_bytes: u64,
+
+    /// Largest batch index row a merge writes (a fetch reads whole rows).
+    #[arg(long, env = "SHOAL_MERGE_ROW_BYTES", default_value = "4MiB", value_parser = parse_bytes)]
+    pub merge_row_bytes: u64,
+
+    /// Objects younger than this are not merged yet.
+    #[arg(long, env = "SHOAL_MERGE_MIN_AGE", default_value = "10s",
+          value_parser = humantime::parse_duration)]
+    pub merge_min_age: Duration,
+
+    /// How long an object nothing refers to (or an upload never committed) is kept before it
+    /// is deleted; longer than any read.
+    #[arg(long, env = "SHOAL_GC_GRACE", default_value = "10m",
+          value_parser = humantime::parse_duration)]
+    pub gc_grace: Duration,
+
+    /// Retention of topics that do not set retention.ms (Kafka's log.retention.ms; -1: forever).
+    #[arg(long, env = "SHOAL_LOG_RETENTION_MS", default_value_t = 604_800_000,
+          allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
+    pub log_retention_ms: i64,
+
+    /// Size limit of partitions of topics that do not set retention.bytes (-1: none).
+    #[arg(long, env = "SHOAL_LOG_RETENTION_BYTES", default_value_t = -1,
+          allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
+    pub log_retention_bytes: i64,
+
+    /// Where Parquet exports are written, under the object storage URL.
+    #[arg(long, env = "SHOAL_EXPORT_PREFIX", default_value = "exports")]
+    pub export_prefix: String,
+
+    /// A partition's pending records are exported once they reach this size...
+    #[arg(long, env = "SHOAL_EXPORT_MIN_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub export_min_bytes: u64,
+
+    /// ...or once the oldest of them waited this long.
+    #[arg(long, env = "SHOAL_EXPORT_MAX_WAIT", default_value = "1h",
+          value_parser = humantime::parse_duration)]
+    pub export_max_wait: Duration,
+}
+
+impl CompactorArgs {
+    pub fn config(&self) -> CompactorConfig {
+        CompactorConfig {
+            interval: self.interval,
+            merge_target_bytes: self.merge_target_bytes.max(1),
+            merge_row_bytes: self.merge_row_bytes.max(1),
+            merge_min_age: self.merge_min_age,
+            gc_grace: self.gc_grace,
+            default_retention_ms: self.log_retention_ms,
+            default_retention_bytes: self.log_retention_bytes,
+            export_prefix: self.export_prefix.trim_matches('/').to_string(),
+            export_min_bytes: self.export_min_bytes,
+            export_max_wait: self.export_max_wait,
+            ..CompactorConfig::default()
+        }
+    }
+}
+
+/// A period, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interval(pub Option<Duration>);
+
+fn parse_interval(s: &str) -> Result<Interval, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Interval(None));
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(Interval(Some(d))),
+        Ok(_) => Err("an interval must be longer than zero (or `off`)".to_string()),
+        Err(e) => Err(format!("`{s}` is not a duration like 30s or `off`: {e}")),
+    }
 }
 
 /// The `--http` value: an address, or `None` when the listener is turned off.
@@ -152,6 +295,8 @@ pub struct AgentConfig {
     pub cache_bytes: u64,
     pub group_initial_rebalance_delay: Duration,
     pub group_min_session_timeout: Duration,
+    /// How often the compactor runs inside this agent; `None`: not here.
+    pub compaction_interval: Option<Duration>,
 }
 
 impl AgentConfig {
@@ -162,13 +307,7 @@ impl AgentConfig {
             listen,
             advertise: None,
             http: HttpListen(None),
-            metadata: format!("sqlite://{}/metadata.db", dir.display()),
-            objects: format!("file://{}/objects", dir.display()),
-            s3_endpoint: None,
-            s3_region: None,
-            s3_allow_http: false,
-            s3_virtual_hosted_style: false,
-            s3_put_hedging: true,
+            storage: StorageArgs::local(dir),
             zone: None,
             flush_interval: None,
             flush_bytes: 4 << 20,
@@ -178,6 +317,7 @@ impl AgentConfig {
             cache_bytes: 128 << 20,
             group_initial_rebalance_delay: Duration::from_secs(3),
             group_min_session_timeout: Duration::from_secs(6),
+            compaction_interval: Some(Interval(None)),
         }
         .into()
     }
@@ -185,27 +325,25 @@ impl AgentConfig {
 
 impl From<AgentArgs> for AgentConfig {
     fn from(args: AgentArgs) -> Self {
-        let flush_interval = args
-            .flush_interval
-            .unwrap_or(if args.objects.starts_with("file:") {
-                DEFAULT_FLUSH_INTERVAL_LOCAL
-            } else {
-                DEFAULT_FLUSH_INTERVAL_OBJECT_STORE
-            });
+        let flush_interval =
+            args.flush_interval
+                .unwrap_or(if args.storage.objects.starts_with("file:") {
+                    DEFAULT_FLUSH_INTERVAL_LOCAL
+                } else {
+                    DEFAULT_FLUSH_INTERVAL_OBJECT_STORE
+                });
         AgentConfig {
             listen: args.listen,
             advertise: args.advertise,
             http: args.http.0,
-            metadata_url: args.metadata,
-            objects_url: args.objects,
-            s3: S3Options {
-                endpoint: args.s3_endpoint,
-                region: args.s3_region,
-                allow_http: args.s3_allow_http,
-                virtual_hosted_style: args.s3_virtual_hosted_style,
-                credentials: None,
-                put_hedging: args.s3_put_hedging,
+            compaction_interval: match args.compaction_interval {
+                Some(Interval(interval)) => interval,
+                None if args.storage.is_embedded() => Some(DEFAULT_COMPACTION_INTERVAL),
+                None => None,
             },
+            s3: args.storage.s3_options(),
+            metadata_url: args.storage.metadata,
+            objects_url: args.storage.objects,
             zone: args.zone,
             flush_interval,
             flush_bytes: args.flush_bytes.max(1),

@@ -75,6 +75,11 @@ impl RecentIndex {
         }
     }
 
+    /// Drops a partition's offsets and rows, so the next caller reloads them.
+    pub fn forget(&self, topic: TopicId, partition: i32) {
+        self.partitions.lock().remove(&(topic, partition));
+    }
+
     /// Announcements may have been missed: every partition reloads before it is trusted.
     pub fn forget_offsets(&self) {
         for state in self.partitions.lock().values_mut() {

@@ -19,7 +19,7 @@ mod uploads;
 
 pub use agent::{Agent, StartError};
 pub use api::decode_frame;
-pub use config::{AgentArgs, AgentConfig, HttpListen};
+pub use config::{AgentArgs, AgentConfig, CompactorArgs, HttpListen, StorageArgs};
 
 /// Milliseconds since the Unix epoch, as Kafka timestamps count.
 pub(crate) fn now_ms() -> i64 {

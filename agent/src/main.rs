@@ -4,7 +4,10 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use shoal_agent::{Agent, AgentArgs, AgentConfig, StartError};
+use std::sync::Arc;
+
+use shoal_agent::{Agent, AgentArgs, AgentConfig, CompactorArgs, StartError};
+use shoal_compactor::Compactor;
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc reserves huge allocations lazily, so a frame that claims billions of array
@@ -34,6 +37,9 @@ struct Cli {
 enum Command {
     /// Run an agent: a Kafka endpoint that stores records in an object store.
     Agent(AgentArgs),
+    /// Run the compactor: merge small objects, apply retention, clean compacted topics,
+    /// export Parquet, delete unreferenced objects.
+    Compactor(CompactorArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,7 +64,52 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Agent(args) => runtime.block_on(run_agent(args.into())),
+        Command::Compactor(args) => runtime.block_on(run_compactor(args)),
     }
+}
+
+async fn run_compactor(args: CompactorArgs) -> ExitCode {
+    let storage = &args.storage;
+    let objects = match shoal_storage::ObjectStorage::open(&storage.objects, &storage.s3_options())
+    {
+        Ok(objects) => Arc::new(objects),
+        Err(e) => {
+            eprintln!("shoal: --objects {}: {e}", storage.objects);
+            return ExitCode::from(2);
+        }
+    };
+    let store = match shoal_metadata::open(&storage.metadata).await {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("shoal: --metadata {}: {e}", storage.metadata);
+            return ExitCode::from(2);
+        }
+    };
+    let compactor = Compactor::new(store, objects, args.config());
+    if args.once {
+        return match compactor.run_once().await {
+            Ok(report) => {
+                tracing::info!(?report, "compactor pass done");
+                if report.failures == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => {
+                eprintln!("shoal: compactor pass failed: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    tracing::info!(interval = ?args.interval, "shoal compactor running");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(async move { compactor.run(stopped).await });
+    wait_for_signal().await;
+    tracing::info!("stopping the compactor");
+    let _ = stop.send(true);
+    running.abort();
+    ExitCode::SUCCESS
 }
 
 async fn run_agent(config: AgentConfig) -> ExitCode {

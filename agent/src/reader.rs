@@ -60,10 +60,39 @@ impl Reader {
         Ok(self.index.offsets(topic, partition, at_least).await?)
     }
 
+    /// Drops what this agent remembers of a partition (its log start offset moved, or its
+    /// index rows were replaced), so the next read asks the sequencer.
+    pub fn forget(&self, topic: TopicId, partition: i32) {
+        self.index.forget(topic, partition);
+    }
+
     /// Reads batches from `offset` on, up to `max_bytes` (but always at least one whole batch
     /// when `at_least_one`, as Kafka does so a batch larger than the limit still gets
     /// through). The caller has checked that `offset` is inside the log.
     pub async fn read(
+        &self,
+        topic: TopicId,
+        partition: i32,
+        offset: i64,
+        max_bytes: u64,
+        at_least_one: bool,
+    ) -> Result<Bytes, ReadError> {
+        match self
+            .read_once(topic, partition, offset, max_bytes, at_least_one)
+            .await
+        {
+            // Rows remembered from before a merge may name an object the garbage collector
+            // has since deleted: the sequencer's rows name its replacement.
+            Err(ReadError::Storage(e)) if e.is_not_found() => {
+                self.index.forget(topic, partition);
+                self.read_once(topic, partition, offset, max_bytes, at_least_one)
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    async fn read_once(
         &self,
         topic: TopicId,
         partition: i32,

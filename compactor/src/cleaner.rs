@@ -100,8 +100,12 @@ async fn clean_partition(
     for (i, row) in rows.iter().enumerate() {
         group.push(row);
         group_size += row.size;
-        let last = i + 1 == rows.len();
-        if !last && group_size + rows[i + 1].size <= row_bytes {
+        // Groups hold contiguous rows only (an earlier cleaning may have left gaps between
+        // rows), up to a row's size.
+        let joins_next = rows.get(i + 1).is_some_and(|next| {
+            next.base_offset == row.last_offset + 1 && group_size + next.size <= row_bytes
+        });
+        if joins_next {
             continue;
         }
         let mut data = BytesMut::with_capacity(group_size as usize);

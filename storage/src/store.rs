@@ -41,6 +41,17 @@ pub enum StorageError {
     ObjectStore(#[from] object_store::Error),
 }
 
+impl StorageError {
+    /// Whether the object is not there (deleted by the garbage collector after a merge, for a
+    /// reader that still held an old index row).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            StorageError::ObjectStore(object_store::Error::NotFound { .. })
+        )
+    }
+}
+
 /// A fresh object id. ULIDs are unique without coordination and sort by creation time,
 /// which keeps object listings in write order.
 pub fn new_object_id() -> String {

@@ -3,6 +3,7 @@
 mod api_versions;
 mod cluster;
 mod configs;
+mod delete_records;
 mod fetch;
 mod groups;
 mod list_offsets;
@@ -139,6 +140,7 @@ pub async fn handle(ctx: &Context, request: Request, order: Option<ProduceOrder>
         RequestKind::CreateTopics(r) => topics::create_topics(ctx, &request_ctx, r).await.into(),
         RequestKind::DeleteTopics(r) => topics::delete_topics(ctx, &request_ctx, r).await.into(),
         RequestKind::CreatePartitions(r) => topics::create_partitions(ctx, r).await.into(),
+        RequestKind::DeleteRecords(r) => delete_records::handle(ctx, r).await.into(),
         RequestKind::DescribeConfigs(r) => configs::describe(ctx, r).await.into(),
         RequestKind::AlterConfigs(r) => configs::alter(ctx, r).await.into(),
         RequestKind::IncrementalAlterConfigs(r) => configs::incremental_alter(ctx, r).await.into(),
