@@ -6,6 +6,7 @@ pub mod batch;
 pub mod cache;
 pub mod compact;
 pub mod object;
+pub mod parquet;
 pub mod store;
 
 pub use batch::{BatchError, BatchHeader, Validated};
