@@ -343,32 +343,6 @@ impl ObjectStorage {
         Ok(())
     }
 
-    /// Reads a file written by [`Self::put_file`] (or any key under the prefix).
-    pub async fn get_file(&self, key: &str) -> Result<Bytes, StorageError> {
-        Ok(self.store.get(&self.file_path(key)).await?.bytes().await?)
-    }
-
-    /// Keys of files under `dir` (relative to the storage's prefix), for tools and tests
-    /// that look at exports.
-    pub async fn list_files(&self, dir: &str) -> Result<Vec<String>, StorageError> {
-        use futures::TryStreamExt;
-        let base = self.file_path(dir);
-        let mut keys: Vec<String> = self
-            .store
-            .list(Some(&base))
-            .map_ok(|meta| {
-                let full = meta.location.as_ref();
-                full.strip_prefix(self.prefix.as_ref())
-                    .unwrap_or(full)
-                    .trim_start_matches('/')
-                    .to_string()
-            })
-            .try_collect()
-            .await?;
-        keys.sort();
-        Ok(keys)
-    }
-
     /// Reads a byte range of an object.
     pub async fn get_range(
         &self,

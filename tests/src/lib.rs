@@ -83,6 +83,11 @@ impl TestAgent {
         self.addr().to_string()
     }
 
+    /// The configuration the agent runs with (its metadata and object URLs among it).
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
     /// The directory holding the agent's metadata and objects.
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
