@@ -642,3 +642,58 @@ async fn passes_cut_short_leave_everything_consistent(setup: Setup) {
     let offsets: Vec<_> = expected.iter().map(|c| (c.partition, c.offset)).collect();
     assert_eq!(exported, offsets);
 }
+
+/// `shoal compactor --once` runs one pass against an agent's data and exits; bad settings
+/// exit with code 2 and a line naming the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compactor_command_runs_one_pass() {
+    let Some(env) = Env::start(Setup::Local).await else {
+        return;
+    };
+    let bootstrap = env.agent.bootstrap();
+    create_topic(&bootstrap, "cli", 2, &[("retention.ms", "-1")]).await;
+    let records = make_records("cli", 400, 2);
+    produce_in_rounds(&bootstrap, "cli", &records, 20).await;
+    let before = read_all(&bootstrap, "cli", 2, records.len()).await;
+    let (_, objects_before) = env.index("cli").await;
+    let config = env.agent.config().clone();
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(shoal_tests::shoal_binary())
+                .arg("compactor")
+                .args(args)
+                .output()
+                .expect("shoal runs")
+        })
+    };
+    let storage_flags = vec![
+        "--metadata".to_string(),
+        config.metadata_url.clone(),
+        "--objects".to_string(),
+        config.objects_url.clone(),
+    ];
+    let mut flags = storage_flags.clone();
+    flags.extend(["--once", "--merge-min-age", "0s"].map(String::from));
+    let output = run(flags).await.unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (_, objects_after) = env.index("cli").await;
+    assert!(
+        objects_after < objects_before,
+        "{objects_before} -> {objects_after}"
+    );
+    assert_eq!(read_all(&bootstrap, "cli", 2, records.len()).await, before);
+
+    let bad = run(vec![
+        "--once".into(),
+        "--objects".into(),
+        "ftp://nowhere".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--objects"));
+}
