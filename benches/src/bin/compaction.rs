@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
@@ -183,11 +184,13 @@ async fn run(args: &Args) -> Result<Report> {
 }
 
 async fn produce(bootstrap: &str, args: &Args) -> Result<()> {
+    use futures::StreamExt;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "20")
         .set("batch.size", "1000000")
         .set("compression.type", "none")
+        .set("queue.buffering.max.messages", "100000")
         .set("acks", "all")
         .create()?;
     let value = vec![b'x'; args.record as usize];
@@ -195,24 +198,36 @@ async fn produce(bootstrap: &str, args: &Args) -> Result<()> {
     let mut pending = futures::stream::FuturesUnordered::new();
     for i in 0..count {
         let key = format!("key-{i}");
-        let record = FutureRecord::to(TOPIC)
-            .partition((i % args.partitions as u64) as i32)
-            .key(&key)
-            .payload(&value);
-        pending.push(producer.send(record, Duration::from_secs(60)));
-        if pending.len() >= 20_000 {
-            use futures::StreamExt;
-            while pending.len() > 10_000 {
-                if let Some(Err((e, _))) = pending.next().await {
-                    bail!("produce failed: {e}");
+        loop {
+            let record = FutureRecord::to(TOPIC)
+                .partition((i % args.partitions as u64) as i32)
+                .key(&key)
+                .payload(&value);
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    pending.push(delivery);
+                    break;
                 }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    // Wait for some deliveries before queueing more.
+                    for _ in 0..1000 {
+                        match pending.next().await {
+                            Some(Ok(Ok(_))) => {}
+                            Some(Ok(Err((e, _)))) => bail!("produce failed: {e}"),
+                            Some(Err(_)) => bail!("delivery report lost"),
+                            None => break,
+                        }
+                    }
+                }
+                Err((e, _)) => bail!("produce failed: {e}"),
             }
         }
     }
-    use futures::StreamExt;
     while let Some(result) = pending.next().await {
-        if let Err((e, _)) = result {
-            bail!("produce failed: {e}");
+        match result {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => bail!("produce failed: {e}"),
+            Err(_) => bail!("delivery report lost"),
         }
     }
     Ok(())
