@@ -112,7 +112,10 @@ fn batch(first: i64) -> Bytes {
             timestamp_type: TimestampType::Creation,
             offset: i,
             sequence: i as i32,
-            timestamp: 1_700_000_000_000,
+            // Now: the agent's own compactor applies the default 7-day retention on restart.
+            timestamp: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
             key: None,
             value: Some(Bytes::from(format!("record-{}", first + i))),
             headers: Default::default(),
