@@ -13,8 +13,8 @@ use shoal_storage::ObjectBuilder;
 use shoal_storage::compact::{CompactOptions, KeyIndex, compact_chunk};
 use shoal_storage::store::new_object_id;
 
-use crate::retention::{cleanup_policy, now_ms};
-use crate::{Compactor, CompactorError, PassReport, merge, source, topic_setting};
+use crate::retention::cleanup_policy;
+use crate::{Compactor, CompactorError, PassReport, merge, now_ms, source, topic_setting};
 
 /// Progress job name: the first offset not yet cleaned.
 const JOB: &str = "clean";

@@ -12,8 +12,7 @@ use std::time::Duration;
 use shoal_metadata::Topic;
 use shoal_storage::parquet::ParquetExport;
 
-use crate::retention::now_ms;
-use crate::{Compactor, CompactorError, PassReport, source, topic_setting};
+use crate::{Compactor, CompactorError, PassReport, now_ms, source, topic_setting};
 
 /// Progress job name: the first offset not yet exported.
 const JOB: &str = "export";

@@ -241,3 +241,11 @@ pub(crate) fn topic_setting<'a>(topic: &'a shoal_metadata::Topic, name: &str) ->
         None => shoal_metadata::topic_config::config_def(name).map(|def| def.default),
     }
 }
+
+/// Milliseconds since the epoch, as record timestamps count.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

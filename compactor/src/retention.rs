@@ -2,11 +2,9 @@
 //! segments, with index rows in the place of segments: whole rows from the start of the log
 //! go once they are too old or once the rest alone still fills the size limit.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use shoal_metadata::Topic;
 
-use crate::{Compactor, CompactorError, PassReport, topic_setting};
+use crate::{Compactor, CompactorError, PassReport, now_ms, topic_setting};
 
 /// Advances the log start offset of each partition of `topic` past what retention removes.
 pub async fn apply(
@@ -74,11 +72,4 @@ pub(crate) fn cleanup_policy(topic: &Topic) -> Vec<&str> {
         .split(',')
         .map(str::trim)
         .collect()
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }

@@ -15,11 +15,12 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::compression::{Compressor, Decompressor, Gzip, Lz4, Snappy, Zstd};
+use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
 use kafka_protocol::records::Compression;
 use thiserror::Error;
 
 use crate::batch::{self, BatchError, BatchHeader, HEADER_SIZE};
+use crate::records::{self, Reader};
 
 /// Header fields rewritten here (byte positions in the v2 batch header).
 const BATCH_LENGTH_AT: usize = 8;
@@ -33,8 +34,6 @@ const BASE_SEQUENCE_AT: usize = 53;
 const RECORDS_COUNT_AT: usize = 57;
 /// Bytes before the batchLength field's coverage starts (baseOffset + batchLength).
 const LOG_OVERHEAD: usize = 12;
-
-const COMPRESSION_MASK: i16 = 0x7;
 /// Set by Kafka's cleaner when baseTimestamp holds the delete horizon instead of the
 /// first record's timestamp; such a base is kept as it is.
 const DELETE_HORIZON_BIT: i16 = 1 << 6;
@@ -369,18 +368,9 @@ fn set_crc(batch: &mut [u8]) {
 }
 
 fn codec(header: &BatchHeader) -> Result<Compression, CompactError> {
-    Ok(match header.attributes & COMPRESSION_MASK {
-        0 => Compression::None,
-        1 => Compression::Gzip,
-        2 => Compression::Snappy,
-        3 => Compression::Lz4,
-        4 => Compression::Zstd,
-        other => {
-            return Err(CompactError::Records {
-                base_offset: header.base_offset,
-                reason: format!("unknown compression codec {other}"),
-            });
-        }
+    records::codec(header).map_err(|reason| CompactError::Records {
+        base_offset: header.base_offset,
+        reason,
     })
 }
 
@@ -389,21 +379,10 @@ fn records_section<'a>(
     batch: &'a [u8],
     header: &BatchHeader,
 ) -> Result<Cow<'a, [u8]>, CompactError> {
-    let mut data = &batch[HEADER_SIZE..];
-    let take = |buf: &mut Bytes| Ok(std::mem::take(buf));
-    let decompressed = match codec(header)? {
-        Compression::None => return Ok(Cow::Borrowed(data)),
-        Compression::Gzip => Gzip::decompress(&mut data, take),
-        Compression::Snappy => Snappy::decompress(&mut data, take),
-        Compression::Lz4 => Lz4::decompress(&mut data, take),
-        Compression::Zstd => Zstd::decompress(&mut data, take),
-    };
-    decompressed
-        .map(|bytes| Cow::Owned(Vec::from(bytes)))
-        .map_err(|e| CompactError::Records {
-            base_offset: header.base_offset,
-            reason: format!("{e:#}"),
-        })
+    records::decompress(batch, header).map_err(|reason| CompactError::Records {
+        base_offset: header.base_offset,
+        reason,
+    })
 }
 
 fn compress(out: &mut Vec<u8>, codec: Compression, records: &[u8]) -> Result<(), String> {
@@ -527,62 +506,11 @@ fn put_varlong(out: &mut Vec<u8>, value: i64) {
     out.push(zigzag as u8);
 }
 
-/// Reads Kafka's record fields off the front of a slice.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn u8(&mut self) -> Result<u8, &'static str> {
-        let (&first, rest) = self.0.split_first().ok_or("record truncated")?;
-        self.0 = rest;
-        Ok(first)
-    }
-
-    fn bytes(&mut self, length: usize) -> Result<&'a [u8], &'static str> {
-        if length > self.0.len() {
-            return Err("record truncated");
-        }
-        let (bytes, rest) = self.0.split_at(length);
-        self.0 = rest;
-        Ok(bytes)
-    }
-
-    /// A zigzag varint of at most `max_bytes` bytes.
-    fn zigzag(&mut self, max_bytes: u32) -> Result<i64, &'static str> {
-        let mut value = 0u64;
-        for i in 0..max_bytes {
-            let byte = self.u8()?;
-            value |= u64::from(byte & 0x7f) << (7 * i);
-            if byte < 0x80 {
-                return Ok((value >> 1) as i64 ^ -((value & 1) as i64));
-            }
-        }
-        Err("varint too long")
-    }
-
-    fn varint(&mut self) -> Result<i32, &'static str> {
-        i32::try_from(self.zigzag(5)?).map_err(|_| "varint out of range")
-    }
-
-    fn varlong(&mut self) -> Result<i64, &'static str> {
-        self.zigzag(10)
-    }
-
-    /// A length-prefixed byte string where length -1 means null.
-    fn nullable_bytes(&mut self) -> Result<Option<&'a [u8]>, &'static str> {
-        match self.varint()? {
-            -1 => Ok(None),
-            length => {
-                let length = usize::try_from(length).map_err(|_| "negative length")?;
-                self.bytes(length).map(Some)
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::batch::{batches, patch_base_offsets, set_log_append_time, validate};
+    use crate::records::COMPRESSION_MASK;
     use kafka_protocol::indexmap::IndexMap;
     use kafka_protocol::protocol::StrBytes;
     use kafka_protocol::records::{

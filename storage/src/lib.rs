@@ -7,6 +7,7 @@ pub mod cache;
 pub mod compact;
 pub mod object;
 pub mod parquet;
+mod records;
 pub mod store;
 
 pub use batch::{BatchError, BatchHeader, Validated};

@@ -14,8 +14,7 @@
 
 use std::fmt;
 
-use bytes::{Buf, Bytes};
-use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
+use bytes::Bytes;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::data_type::{ByteArray, ByteArrayType, DataType, Int32Type, Int64Type};
 use parquet::errors::ParquetError;
@@ -27,7 +26,8 @@ use parquet::schema::parser::parse_message_type;
 use parquet::schema::types::{ColumnPath, Type};
 use thiserror::Error;
 
-use crate::batch::{self, BatchError, BatchHeader, HEADER_SIZE};
+use crate::batch::{self, BatchError, BatchHeader};
+use crate::records::{self, Reader};
 
 /// Records per row group: enough for long, well-compressed column pages, few enough that an
 /// export of any length keeps at most one row group of uncompressed values in memory.
@@ -37,8 +37,6 @@ pub const ROW_GROUP_BYTES: usize = 64 << 20;
 
 /// zstd's own default level: most of the ratio of higher levels at a fraction of their cost.
 const ZSTD_LEVEL: i32 = 3;
-/// Bits of the batch attributes that name the compression codec.
-const COMPRESSION_MASK: i16 = 0x7;
 /// Smallest encoded record: length, attributes, timestamp delta, offset delta, key length,
 /// value length and header count, one byte each.
 const MIN_RECORD_SIZE: usize = 7;
@@ -344,13 +342,11 @@ fn decode_batch(
 ) -> Result<Vec<ExportedRecord>, ExportError> {
     batch::validate(batch, usize::MAX)?;
     let base_offset = header.base_offset;
-    let mut body =
-        decompress(Bytes::copy_from_slice(&batch[HEADER_SIZE..]), header).map_err(|message| {
-            ExportError::Decompress {
-                base_offset,
-                message,
-            }
-        })?;
+    let body = records::decompress(batch, header).map_err(|message| ExportError::Decompress {
+        base_offset,
+        message,
+    })?;
+    let body = Bytes::from(body.into_owned());
     let malformed = |reason| ExportError::Records {
         base_offset,
         reason,
@@ -362,52 +358,48 @@ fn decode_batch(
         return Err(malformed("more records claimed than bytes hold"));
     }
     let mut records = Vec::with_capacity(count);
+    let mut reader = Reader(&body);
     for _ in 0..count {
-        records.push(parse_record(&mut body, header, partition).map_err(malformed)?);
+        records.push(parse_record(&body, &mut reader, header, partition).map_err(malformed)?);
     }
-    if !body.is_empty() {
+    if !reader.0.is_empty() {
         return Err(malformed("bytes after the last record"));
     }
     Ok(records)
-}
-
-fn decompress(mut data: Bytes, header: &BatchHeader) -> Result<Bytes, String> {
-    let take = |buf: &mut Bytes| Ok(std::mem::take(buf));
-    let plain = match header.attributes & COMPRESSION_MASK {
-        0 => return Ok(data),
-        1 => Gzip::decompress(&mut data, take),
-        2 => Snappy::decompress(&mut data, take),
-        3 => Lz4::decompress(&mut data, take),
-        4 => Zstd::decompress(&mut data, take),
-        codec => return Err(format!("unknown compression codec {codec}")),
-    };
-    plain.map_err(|e| format!("{e:#}"))
 }
 
 /// Parses one record of a v2 batch, the way Kafka's consumer does: negative key, value and
 /// header value lengths mean null. Header keys that are not UTF-8 are converted lossily
 /// (U+FFFD) rather than failing the export; Kafka's Java client only writes UTF-8 keys.
 fn parse_record(
-    buf: &mut Bytes,
+    batch: &Bytes,
+    reader: &mut Reader<'_>,
     header: &BatchHeader,
     partition: i32,
 ) -> Result<ExportedRecord, &'static str> {
-    let length = usize::try_from(read_varint(buf)?).map_err(|_| "negative record length")?;
-    let mut body = take(buf, length)?;
-    take(&mut body, 1)?; // Record attributes: unused in v2.
-    let timestamp_delta = read_varlong(&mut body)?;
-    let offset_delta = read_varint(&mut body)?;
-    let key = read_bytes(&mut body)?;
-    let value = read_bytes(&mut body)?;
-    let count = usize::try_from(read_varint(&mut body)?).map_err(|_| "negative header count")?;
+    let length = usize::try_from(reader.varint()?).map_err(|_| "negative record length")?;
+    let mut body = Reader(reader.bytes(length)?);
+    body.u8()?; // Record attributes: unused in v2.
+    let timestamp_delta = body.varlong()?;
+    let offset_delta = body.varint()?;
+    // Slices of `batch`, shared rather than copied.
+    let field = |body: &mut Reader<'_>| -> Result<Option<Bytes>, &'static str> {
+        match usize::try_from(body.varint()?) {
+            Ok(len) => body.bytes(len).map(|b| Some(batch.slice_ref(b))),
+            Err(_) => Ok(None),
+        }
+    };
+    let key = field(&mut body)?;
+    let value = field(&mut body)?;
+    let count = usize::try_from(body.varint()?).map_err(|_| "negative header count")?;
     // Each header takes at least two bytes, which bounds the reservation.
-    let mut headers = Vec::with_capacity(count.min(body.len() / 2));
+    let mut headers = Vec::with_capacity(count.min(body.0.len() / 2));
     for _ in 0..count {
-        let key = read_bytes(&mut body)?.ok_or("null header key")?;
-        let value = read_bytes(&mut body)?;
+        let key = field(&mut body)?.ok_or("null header key")?;
+        let value = field(&mut body)?;
         headers.push((String::from_utf8_lossy(&key).into_owned(), value));
     }
-    if !body.is_empty() {
+    if !body.0.is_empty() {
         return Err("bytes after the last header");
     }
     let offset = header
@@ -430,39 +422,6 @@ fn parse_record(
         value,
         headers,
     })
-}
-
-/// Reads a zigzag-encoded variable-length integer of at most 10 bytes.
-fn read_varlong(buf: &mut Bytes) -> Result<i64, &'static str> {
-    let mut raw = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *buf.first().ok_or("record is truncated")?;
-        buf.advance(1);
-        raw |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok((raw >> 1) as i64 ^ -((raw & 1) as i64));
-        }
-    }
-    Err("varint longer than 10 bytes")
-}
-
-fn read_varint(buf: &mut Bytes) -> Result<i32, &'static str> {
-    i32::try_from(read_varlong(buf)?).map_err(|_| "varint out of range")
-}
-
-/// Reads a length-prefixed byte string; a negative length means null.
-fn read_bytes(buf: &mut Bytes) -> Result<Option<Bytes>, &'static str> {
-    match usize::try_from(read_varint(buf)?) {
-        Ok(len) => take(buf, len).map(Some),
-        Err(_) => Ok(None),
-    }
-}
-
-fn take(buf: &mut Bytes, len: usize) -> Result<Bytes, &'static str> {
-    if len > buf.len() {
-        return Err("record is truncated");
-    }
-    Ok(buf.split_to(len))
 }
 
 /// One exported record read back.
@@ -560,6 +519,7 @@ fn unexpected(name: &str, field: &Field) -> ExportError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::HEADER_SIZE;
     use crate::batch::set_log_append_time;
     use bytes::BytesMut;
     use kafka_protocol::protocol::StrBytes;
