@@ -29,8 +29,18 @@ pub static malloc_conf: &[u8] =
 #[derive(Parser)]
 #[command(name = "shoal", version, about, long_about = None)]
 struct Cli {
+    /// Log line format: `human` (default) or `json` (one object per line, for collectors).
+    #[arg(long, global = true, env = "SHOAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -44,14 +54,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: log files and collectors get plain text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -65,6 +68,19 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Agent(args) => runtime.block_on(run_agent(args.into())),
         Command::Compactor(args) => runtime.block_on(run_compactor(args)),
+    }
+}
+
+/// Logs go to stderr, filtered by `SHOAL_LOG` (default `info`).
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        // Colours only on a terminal: log files and collectors get plain text.
+        LogFormat::Human => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
     }
 }
 
