@@ -20,6 +20,7 @@ mod uploads;
 pub use agent::{Agent, StartError};
 pub use api::decode_frame;
 pub use config::{AgentArgs, AgentConfig, CompactorArgs, HttpListen, StorageArgs};
+pub use http::serve_compactor;
 
 /// Milliseconds since the Unix epoch, as Kafka timestamps count.
 pub(crate) fn now_ms() -> i64 {

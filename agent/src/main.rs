@@ -101,7 +101,7 @@ async fn run_compactor(args: CompactorArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let compactor = Compactor::new(store, objects, args.config());
+    let compactor = Compactor::new(store.clone(), objects.clone(), args.config());
     if args.once {
         return match compactor.run_once().await {
             Ok(report) => {
@@ -118,8 +118,17 @@ async fn run_compactor(args: CompactorArgs) -> ExitCode {
             }
         };
     }
-    tracing::info!(interval = ?args.interval, "shoal compactor running");
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    if let Some(addr) = args.http.0 {
+        match shoal_agent::serve_compactor(addr, store, objects, stopped.clone()).await {
+            Ok(bound) => tracing::info!(http = %bound, "serving /metrics, /healthz and /readyz"),
+            Err(e) => {
+                eprintln!("shoal: --http {addr}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    tracing::info!(interval = ?args.interval, "shoal compactor running");
     let running = tokio::spawn(async move { compactor.run(stopped).await });
     wait_for_signal().await;
     tracing::info!("stopping the compactor");
@@ -142,8 +151,9 @@ async fn run_agent(config: AgentConfig) -> ExitCode {
     };
     tracing::info!(listen = %agent.local_addr(), "shoal agent ready");
     wait_for_signal().await;
-    tracing::info!("stopping: flushing pending writes");
+    tracing::info!("stopping: draining");
     agent.shutdown().await;
+    tracing::info!("stopped");
     ExitCode::SUCCESS
 }
 
