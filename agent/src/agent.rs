@@ -21,14 +21,14 @@ use crate::config::AgentConfig;
 use crate::connection;
 use crate::fleet::Fleet;
 use crate::groups::{GroupConfig, Groups};
-use crate::http::{self, Ops};
+use crate::http::{self, AgentProbes};
 use crate::index::RecentIndex;
 use crate::metrics;
 use crate::reader::Reader;
 use crate::uploads::UploadKeys;
 
-/// How long a stopping agent waits for connections to finish their in-flight requests.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// A draining agent considers its clients moved once none has been redirected for this long.
+const DRAIN_QUIET: Duration = Duration::from_secs(1);
 
 /// Why an agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +50,7 @@ pub struct Agent {
     http_server: Option<JoinHandle<()>>,
     batcher: JoinHandle<()>,
     compactor: Option<JoinHandle<()>>,
+    drain_timeout: Duration,
 }
 
 impl Agent {
@@ -154,8 +155,9 @@ impl Agent {
             let shutdown = shutdown_rx.clone();
             tokio::spawn(async move { compactor.run(shutdown).await })
         });
+        let drain_timeout = config.drain_timeout;
         let ctx = Arc::new(Context {
-            reader: Reader::new(store, index.clone(), storage, cache),
+            reader: Reader::new(store.clone(), index.clone(), storage.clone(), cache),
             config,
             catalog,
             batcher,
@@ -166,13 +168,22 @@ impl Agent {
             cluster_id,
         });
         let http_server = http_listener.zip(http_addr).map(|(listener, addr)| {
-            tracing::info!(http = %addr, "serving /metrics and /healthz");
-            let ops = Ops {
+            tracing::info!(http = %addr, "serving /metrics, /healthz and /readyz");
+            let prometheus = metrics::prometheus();
+            metrics::register_gauges();
+            let probes = AgentProbes {
                 ctx: ctx.clone(),
                 index,
-                prometheus: metrics::prometheus(),
+                store,
+                storage,
             };
-            tokio::spawn(http::serve(listener, Arc::new(ops)))
+            let shutdown = ctx.shutdown.clone();
+            tokio::spawn(http::serve(
+                listener,
+                Arc::new(probes),
+                prometheus,
+                shutdown,
+            ))
         });
         let server = tokio::spawn(accept_loop(listener, ctx));
         Ok(Agent {
@@ -184,6 +195,7 @@ impl Agent {
             http_server,
             batcher: batcher_task,
             compactor,
+            drain_timeout,
         })
     }
 
@@ -197,10 +209,17 @@ impl Agent {
         self.http_addr
     }
 
-    /// Leaves the fleet, stops accepting, answers in-flight requests, flushes and commits
-    /// pending batches.
+    /// Drains, then stops: turns readiness off and leaves the fleet, so other agents stop
+    /// listing this one; sends producers and consumers to other agents until they have moved
+    /// (at most half the drain timeout); then stops accepting, answers in-flight requests
+    /// (the other half), flushes and commits pending batches.
     pub async fn shutdown(self) {
+        ::metrics::gauge!(metrics::DRAINING).set(1.0);
         self.fleet.leave().await;
+        tracing::info!("draining: sending clients to other agents");
+        self.fleet
+            .clients_moved(DRAIN_QUIET, self.drain_timeout / 2)
+            .await;
         let _ = self.shutdown.send(true);
         let _ = self.server.await;
         if let Some(http_server) = self.http_server {
@@ -264,7 +283,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Context>) {
         }
     }
     drop(listener);
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+    let drained = tokio::time::timeout(ctx.config.drain_timeout / 2, async {
         while connections.join_next().await.is_some() {}
     })
     .await;

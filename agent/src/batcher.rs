@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::announce::Announcer;
 use crate::index::RecentIndex;
+use crate::metrics as m;
 use crate::uploads::UploadKeys;
 
 /// Flushes whose PUT may run at the same time.
@@ -137,6 +138,8 @@ struct Pending {
     builder: ObjectBuilder,
     waiters: Vec<Waiter>,
     since: Instant,
+    /// Record-batch bytes appended, counted in the flush backlog until committed or failed.
+    bytes: u64,
 }
 
 impl Pending {
@@ -145,6 +148,7 @@ impl Pending {
             builder: ObjectBuilder::new(),
             waiters: Vec::new(),
             since: Instant::now(),
+            bytes: 0,
         }
     }
 }
@@ -187,6 +191,8 @@ async fn run(
             pending.since = Instant::now();
         }
         let chunk = (append.topic, append.partition);
+        pending.bytes += append.batches.len() as u64;
+        metrics::gauge!(m::FLUSH_BACKLOG_BYTES).increment(append.batches.len() as f64);
         let delta = pending.builder.append(
             append.topic,
             append.partition,
@@ -227,7 +233,9 @@ async fn start_flush(
     let before = previous.replace(done_rx);
     let ctx = ctx.clone();
     flushes.spawn(async move {
+        let start = std::time::Instant::now();
         let object = taken.builder.finish();
+        metrics::histogram!(m::FLUSH_BYTES).record(object.size as f64);
         let stored = match ctx.uploads.next().await {
             Ok(object_id) => ctx
                 .storage
@@ -245,13 +253,22 @@ async fn start_flush(
         }
         // The next flush commits only after this one's rows reach the recent index, which
         // keeps the index's rows in offset order.
-        match stored {
+        let committed = match stored {
             Ok(object_id) => {
                 let outcome = commit(&ctx, &object_id, &object).await;
+                let committed = outcome.is_ok();
                 answer(&ctx, &object_id, &object, outcome, taken.waiters);
+                committed
             }
-            Err(e) => fail(&e, taken.waiters),
-        }
+            Err(e) => {
+                fail(&e, taken.waiters);
+                false
+            }
+        };
+        metrics::gauge!(m::FLUSH_BACKLOG_BYTES).decrement(taken.bytes as f64);
+        metrics::histogram!(m::FLUSH_DURATION).record(start.elapsed().as_secs_f64());
+        let outcome = if committed { "ok" } else { "failed" };
+        metrics::counter!(m::FLUSHES, "outcome" => outcome).increment(1);
         let _ = done_tx.send(());
     });
     while flushes.try_join_next().is_some() {}
@@ -281,7 +298,16 @@ async fn commit(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match ctx.store.commit_object(&commit).await {
+        let start = std::time::Instant::now();
+        let result = ctx.store.commit_object(&commit).await;
+        metrics::histogram!(m::COMMIT_DURATION).record(start.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(_) if attempt < COMMIT_ATTEMPTS => "retried",
+            Err(_) => "failed",
+        };
+        metrics::counter!(m::COMMITS, "outcome" => outcome).increment(1);
+        match result {
             Ok(outcomes) => return Ok(outcomes),
             Err(e) if attempt < COMMIT_ATTEMPTS => {
                 tracing::warn!(object_id, attempt, error = %e, "commit failed, retrying");

@@ -79,6 +79,13 @@ pub struct AgentArgs {
     #[arg(long, env = "SHOAL_CACHE_BYTES", default_value = "128MiB", value_parser = parse_bytes)]
     pub cache_bytes: u64,
 
+    /// Longest a stopping agent (SIGTERM) drains: half to move clients to other agents, half
+    /// to answer in-flight requests; then it flushes and exits. Keep Kubernetes'
+    /// terminationGracePeriodSeconds above the preStop delay plus this plus a few seconds.
+    #[arg(long, env = "SHOAL_DRAIN_TIMEOUT", default_value = "20s",
+          value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
     /// Run the compactor inside this agent every DURATION (e.g. 30s), or `off`. Default: every
     /// 30s on the embedded SQLite + local directory, off otherwise (a fleet runs
     /// `shoal compactor`).
@@ -177,6 +184,12 @@ pub struct CompactorArgs {
     /// Run one full pass, then exit (for cron jobs and tests).
     #[arg(long)]
     pub once: bool,
+
+    /// Operations HTTP listener serving /metrics, /healthz and /readyz (in a container:
+    /// 0.0.0.0:9094); `off` or an empty value turns it off. Not opened with --once.
+    #[arg(long, env = "SHOAL_COMPACTOR_HTTP", value_name = "ADDR", default_value = "127.0.0.1:9094",
+          value_parser = parse_http)]
+    pub http: HttpListen,
 
     /// Size merged objects aim for; objects of half of it or more are left alone.
     #[arg(long, env = "SHOAL_MERGE_TARGET_BYTES", default_value = "32MiB", value_parser = parse_bytes)]
@@ -297,6 +310,8 @@ pub struct AgentConfig {
     pub group_min_session_timeout: Duration,
     /// How often the compactor runs inside this agent; `None`: not here.
     pub compaction_interval: Option<Duration>,
+    /// Longest a stop drains (see [`AgentArgs::drain_timeout`]).
+    pub drain_timeout: Duration,
 }
 
 impl AgentConfig {
@@ -318,6 +333,7 @@ impl AgentConfig {
             group_initial_rebalance_delay: Duration::from_secs(3),
             group_min_session_timeout: Duration::from_secs(6),
             compaction_interval: Some(Interval(None)),
+            drain_timeout: Duration::from_secs(20),
         }
         .into()
     }
@@ -353,6 +369,7 @@ impl From<AgentArgs> for AgentConfig {
             cache_bytes: args.cache_bytes,
             group_initial_rebalance_delay: args.group_initial_rebalance_delay,
             group_min_session_timeout: args.group_min_session_timeout,
+            drain_timeout: args.drain_timeout,
         }
     }
 }

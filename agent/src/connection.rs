@@ -12,6 +12,7 @@ use kafka_protocol::messages::ApiKey;
 use tokio::sync::oneshot;
 
 use crate::api::{self, Context, ProduceOrder};
+use crate::metrics::{self as m, Occupancy};
 
 /// Requests of one connection being processed at once; more wait in the socket buffer.
 /// A produce request waits for its object's flush (hundreds of milliseconds on S3), so a
@@ -25,6 +26,8 @@ const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 /// Serves a connection until the client closes it, sends a frame we refuse, or the agent
 /// stops. A bad frame ends this connection only.
 pub async fn serve(stream: TcpStream, ctx: Arc<Context>) {
+    metrics::counter!(m::CONNECTIONS_ACCEPTED).increment(1);
+    let _open = Occupancy::enter(metrics::gauge!(m::CONNECTIONS));
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
     let (mut reader, writer) = stream.into_split();
@@ -83,12 +86,16 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>) {
                 break;
             }
         };
+        let api_key = frame
+            .get(..2)
+            .and_then(|key| ApiKey::try_from(i16::from_be_bytes([key[0], key[1]])).ok());
         let request = match api::Request::parse(frame) {
             Ok(mut request) => {
                 request.client_host = peer.map(|p| p.ip().to_string()).unwrap_or_default();
                 request
             }
             Err(reason) => {
+                api::count_refused(api_key);
                 tracing::warn!(?peer, %reason, "closing connection");
                 break;
             }

@@ -7,7 +7,7 @@
 //! agent while the fleet is unchanged, and an agent joining or leaving moves only its share.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use shoal_metadata::{AgentInfo, AgentRegistration, MetadataError, MetadataStore, TopicId};
@@ -30,6 +30,11 @@ pub struct Fleet {
     registration: AgentRegistration,
     live: RwLock<Arc<Vec<AgentInfo>>>,
     leaving: watch::Sender<bool>,
+    /// When the sequencer last accepted this agent's registration or renewal.
+    renewed: parking_lot::Mutex<Instant>,
+    /// When a client was last sent to another agent (see [`Fleet::redirect`]), or when this
+    /// agent began to leave.
+    redirected: parking_lot::Mutex<Option<Instant>>,
 }
 
 impl Fleet {
@@ -44,6 +49,7 @@ impl Fleet {
             zone: registration.zone.clone(),
             host: registration.host.clone(),
             port: registration.port,
+            last_heartbeat_ms: crate::now_ms(),
         };
         let live = store.live_agents().await?;
         let fleet = Arc::new(Fleet {
@@ -52,6 +58,8 @@ impl Fleet {
             registration,
             live: RwLock::new(Arc::new(Vec::new())),
             leaving: watch::channel(false).0,
+            renewed: parking_lot::Mutex::new(Instant::now()),
+            redirected: parking_lot::Mutex::new(None),
         });
         fleet.set_live(live);
         tokio::spawn(fleet.clone().renew());
@@ -86,10 +94,48 @@ impl Fleet {
         live.as_ref().clone()
     }
 
+    /// Whether the sequencer lists this agent: its lease was renewed within [`LEASE`].
+    pub fn is_registered(&self) -> bool {
+        self.renewed.lock().elapsed() < LEASE
+    }
+
+    /// Whether this agent is leaving (draining before it stops).
+    pub fn is_leaving(&self) -> bool {
+        *self.leaving.borrow()
+    }
+
+    /// Whether a produce or fetch should send its client to another agent: true once this
+    /// agent has left and others serve its clients. Each redirect is remembered, so the drain
+    /// can tell when clients have moved.
+    pub fn redirect(&self) -> bool {
+        let left = self.is_leaving() && !self.live().iter().any(|agent| agent.id == self.me.id);
+        if left {
+            *self.redirected.lock() = Some(Instant::now());
+        }
+        left
+    }
+
+    /// Waits, at most `limit`, until no client has been redirected for `quiet`: producers and
+    /// consumers of a draining agent have refreshed their metadata and moved to other agents.
+    pub async fn clients_moved(&self, quiet: Duration, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let since = self.redirected.lock().map_or(quiet, |at| at.elapsed());
+            let now = Instant::now();
+            if since >= quiet || now >= deadline {
+                return;
+            }
+            let wait = (quiet - since).min(deadline - now);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     /// Deregisters at once, so other agents stop listing this one; this agent's own answers
     /// list the others from now on.
     pub async fn leave(&self) {
         self.leaving.send_replace(true);
+        // Clients get at least one quiet period to show up and be redirected.
+        *self.redirected.lock() = Some(Instant::now());
         if let Err(e) = self.store.deregister_agent(self.me.id).await {
             tracing::warn!(error = %e, "cannot deregister; the lease will lapse instead");
         }
@@ -114,12 +160,13 @@ impl Fleet {
                 _ = tokio::time::sleep(RENEW_INTERVAL) => {}
                 _ = leaving.wait_for(|leaving| *leaving) => return,
             }
-            if let Err(e) = self
+            match self
                 .store
                 .renew_agent(self.me.id, &self.registration, LEASE)
                 .await
             {
-                tracing::warn!(error = %e, "cannot renew this agent's lease");
+                Ok(()) => *self.renewed.lock() = Instant::now(),
+                Err(e) => tracing::warn!(error = %e, "cannot renew this agent's lease"),
             }
             match self.store.live_agents().await {
                 // Leaving may have begun while the list was loading: never list us again then.
@@ -211,6 +258,7 @@ mod tests {
                 zone: None,
                 host: "127.0.0.1".into(),
                 port: 9092,
+                last_heartbeat_ms: 0,
             })
             .collect()
     }

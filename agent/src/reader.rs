@@ -10,6 +10,7 @@ use shoal_storage::batch::{BatchError, BatchHeader, batches, patch_base_offsets}
 use shoal_storage::{ChunkCache, ObjectStorage, StorageError};
 
 use crate::index::RecentIndex;
+use crate::metrics as m;
 
 /// Why a partition read failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,11 @@ impl Reader {
             storage,
             cache,
         }
+    }
+
+    /// Bytes the read cache holds.
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache.used_bytes()
     }
 
     /// The partition's offsets, with a high watermark of at least `at_least` when the
@@ -151,8 +157,10 @@ impl Reader {
     /// object store and cached (committed offsets never change).
     pub async fn chunk(&self, entry: &BatchIndexEntry) -> Result<Bytes, ReadError> {
         if let Some(data) = self.cache.get(&entry.object_id, entry.position) {
+            metrics::counter!(m::CACHE_REQUESTS, "result" => "hit").increment(1);
             return Ok(data);
         }
+        metrics::counter!(m::CACHE_REQUESTS, "result" => "miss").increment(1);
         let raw = self
             .storage
             .get_range(

@@ -23,6 +23,7 @@ pub mod cleaner;
 pub mod export;
 pub mod gc;
 pub mod merge;
+pub mod metrics;
 pub mod retention;
 mod source;
 
@@ -169,6 +170,21 @@ impl Compactor {
     /// One full pass over every job. Errors of single jobs are logged and counted in
     /// [`PassReport::failures`]; only an unreachable sequencer fails the pass.
     pub async fn run_once(&self) -> Result<PassReport, CompactorError> {
+        let start = std::time::Instant::now();
+        let pass = self.pass().await;
+        ::metrics::histogram!(metrics::PASS_DURATION).record(start.elapsed().as_secs_f64());
+        let outcome = match &pass {
+            Ok(report) => {
+                metrics::record(report);
+                "ok"
+            }
+            Err(_) => "failed",
+        };
+        ::metrics::counter!(metrics::PASSES, "outcome" => outcome).increment(1);
+        pass
+    }
+
+    async fn pass(&self) -> Result<PassReport, CompactorError> {
         let mut report = PassReport::default();
         let topics = self.store.list_topics().await?;
         for topic in &topics {

@@ -39,6 +39,9 @@ pub async fn merge_pass(
             MAX_CANDIDATES,
         )
         .await?;
+    let waiting: u64 = candidates.iter().map(|object| object.size).sum();
+    metrics::gauge!(crate::metrics::BACKLOG_OBJECTS).set(candidates.len() as f64);
+    metrics::gauge!(crate::metrics::BACKLOG_BYTES).set(waiting as f64);
     for job in plan(candidates, config.merge_target_bytes, config.merge_fanout) {
         let name = format!("merge:{}", job[0].id);
         compactor

@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod cache;
 pub mod compact;
+pub mod metrics;
 pub mod object;
 pub mod parquet;
 mod records;

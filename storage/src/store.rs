@@ -19,6 +19,8 @@ use object_store::{
 };
 use thiserror::Error;
 
+use crate::metrics::observe;
+
 #[derive(Debug, Error)]
 pub enum StorageError {
     #[error("unsupported object storage URL {0:?} (expected file://PATH or s3://BUCKET[/PREFIX])")]
@@ -310,14 +312,13 @@ impl ObjectStorage {
         let expected: u64 = parts.iter().map(|p| p.len() as u64).sum();
         let path = self.path(object_id);
         let options = PutOptions::from(self.put_mode.clone());
-        match self
+        let put = self
             .store
-            .put_opts(&path, PutPayload::from_iter(parts), options)
-            .await
-        {
+            .put_opts(&path, PutPayload::from_iter(parts), options);
+        match observe("put", put, |_| expected).await {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) => {
-                let existing = self.store.head(&path).await?.size;
+                let existing = observe("head", self.store.head(&path), |_| 0).await?.size;
                 if existing != expected {
                     return Err(StorageError::Conflict {
                         object_id: object_id.to_owned(),
@@ -337,9 +338,10 @@ impl ObjectStorage {
     /// records, so the last copy may win.
     pub async fn put_file(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
         let options = PutOptions::from(PutMode::Overwrite);
-        self.store
-            .put_opts(&self.file_path(key), PutPayload::from(data), options)
-            .await?;
+        let size = data.len() as u64;
+        let path = self.file_path(key);
+        let put = self.store.put_opts(&path, PutPayload::from(data), options);
+        observe("put", put, |_| size).await?;
         Ok(())
     }
 
@@ -349,18 +351,33 @@ impl ObjectStorage {
         object_id: &str,
         range: Range<u64>,
     ) -> Result<Bytes, StorageError> {
-        Ok(self.store.get_range(&self.path(object_id), range).await?)
+        let path = self.path(object_id);
+        let get = self.store.get_range(&path, range);
+        Ok(observe("get", get, |data| data.len() as u64).await?)
     }
 
     /// Reads a whole object.
     pub async fn get(&self, object_id: &str) -> Result<Bytes, StorageError> {
-        Ok(self.store.get(&self.path(object_id)).await?.bytes().await?)
+        let path = self.path(object_id);
+        let get = async { self.store.get(&path).await?.bytes().await };
+        Ok(observe("get", get, |data| data.len() as u64).await?)
+    }
+
+    /// Whether the object store answers: a HEAD of a key that is never written, which
+    /// succeeds as "not found". Readiness probes use it.
+    pub async fn check(&self) -> Result<(), StorageError> {
+        let path = self.file_path(".shoal-readiness-probe");
+        match observe("head", self.store.head(&path), |_| 0).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Deletes an object. Deleting a missing object succeeds, so retried deletes are
     /// harmless (S3 behaves this way; the local store would report NotFound).
     pub async fn delete(&self, object_id: &str) -> Result<(), StorageError> {
-        match self.store.delete(&self.path(object_id)).await {
+        let path = self.path(object_id);
+        match observe("delete", self.store.delete(&path), |_| 0).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }

@@ -43,6 +43,8 @@ pub fn shoal_binary() -> PathBuf {
 pub struct AgentProcess {
     child: Child,
     addr: String,
+    /// The operations HTTP listener's address, when it is on.
+    http: Option<String>,
     node_id: i32,
     log: Arc<Mutex<VecDeque<String>>>,
 }
@@ -73,6 +75,7 @@ impl AgentProcess {
         let stderr = child.stderr.take().expect("piped stderr");
         let mut lines = BufReader::new(stderr).lines();
         let mut node_id = None;
+        let mut http = None;
         let addr = loop {
             let Some(Ok(line)) = lines.next() else {
                 let status = child.wait().expect("agent exit status");
@@ -83,6 +86,9 @@ impl AgentProcess {
                     .split_whitespace()
                     .next()
                     .and_then(|id| id.parse().ok());
+            }
+            if let Some(rest) = line.split(" http=").nth(1) {
+                http = rest.split_whitespace().next().map(str::to_string);
             }
             if let Some(rest) = line.split("listen=").nth(1) {
                 break rest
@@ -109,6 +115,7 @@ impl AgentProcess {
         AgentProcess {
             child,
             addr,
+            http,
             node_id: node_id.expect("the agent logs its node id before listening"),
             log,
         }
@@ -117,6 +124,14 @@ impl AgentProcess {
     /// `bootstrap.servers` for clients.
     pub fn bootstrap(&self) -> String {
         self.addr.clone()
+    }
+
+    /// The operations HTTP listener's address (`/metrics`, `/healthz`, `/readyz`).
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.http
+            .as_deref()
+            .and_then(|addr| addr.parse().ok())
+            .expect("the agent logs its HTTP address")
     }
 
     /// The node id the agent registered under.
@@ -144,11 +159,21 @@ impl AgentProcess {
 
     /// SIGTERM, then waits for the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
+        self.sigterm();
+        self.wait()
+    }
+
+    /// SIGTERM, without waiting: the agent drains, then exits.
+    pub fn sigterm(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .expect("kill runs");
         assert!(status.success());
+    }
+
+    /// Waits for the process to exit: its exit code.
+    pub fn wait(&mut self) -> Option<i32> {
         self.child.wait().expect("exit status").code()
     }
 }

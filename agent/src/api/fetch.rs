@@ -10,7 +10,10 @@ use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, Partition
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
 use tokio::time::Instant;
 
+use shoal_storage::batch::batches;
+
 use super::{Context, RequestContext, metadata_error_code};
+use crate::metrics::{self as m, Occupancy};
 use crate::reader::ReadError;
 
 /// Longest a fetch may park, whatever the client asks, so a stopping agent is not held up.
@@ -32,8 +35,16 @@ pub async fn handle(
     } else {
         request.max_bytes as u64
     };
+    if ctx.fleet.redirect() {
+        // Draining: consumers refresh their metadata, which no longer lists this agent, and
+        // fetch from another.
+        return FetchResponse::default()
+            .with_session_id(0)
+            .with_responses(moved(&request.topics));
+    }
     let mut commits = ctx.commits.clone();
     let mut shutdown = ctx.shutdown.clone();
+    let mut parked = None;
     loop {
         commits.mark_unchanged();
         let (responses, read) =
@@ -41,10 +52,15 @@ pub async fn handle(
         let now = Instant::now();
         // Errors answer at once, as data does: the client has something to act on.
         if read.bytes >= min_bytes || read.errors || now >= deadline || *shutdown.borrow() {
+            for (topic, bytes, records) in read.sent {
+                metrics::counter!(m::FETCH_BYTES, "topic" => topic.clone()).increment(bytes);
+                metrics::counter!(m::FETCH_RECORDS, "topic" => topic).increment(records);
+            }
             return FetchResponse::default()
                 .with_session_id(0)
                 .with_responses(responses);
         }
+        parked.get_or_insert_with(|| Occupancy::enter(metrics::gauge!(m::FETCH_WAITING)));
         let poll = (now + POLL_INTERVAL).min(deadline);
         tokio::select! {
             _ = commits.changed() => {}
@@ -54,10 +70,38 @@ pub async fn handle(
     }
 }
 
+/// Every requested partition answered with NOT_LEADER_OR_FOLLOWER.
+fn moved(topics: &[FetchTopic]) -> Vec<FetchableTopicResponse> {
+    topics
+        .iter()
+        .map(|topic| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|p| {
+                    PartitionData::default()
+                        .with_partition_index(p.partition)
+                        .with_error_code(ResponseError::NotLeaderOrFollower.code())
+                        .with_high_watermark(-1)
+                        .with_last_stable_offset(-1)
+                        .with_log_start_offset(-1)
+                        .with_preferred_read_replica(BrokerId(-1))
+                })
+                .collect();
+            FetchableTopicResponse::default()
+                .with_topic(topic.topic.clone())
+                .with_topic_id(topic.topic_id)
+                .with_partitions(partitions)
+        })
+        .collect()
+}
+
 /// What one pass over the requested partitions found.
 struct ReadSummary {
     bytes: u64,
     errors: bool,
+    /// Bytes and records read, by topic name.
+    sent: Vec<(String, u64, u64)>,
 }
 
 async fn read_all(
@@ -69,6 +113,7 @@ async fn read_all(
     let by_id = version >= 13;
     let mut total = 0u64;
     let mut errors = false;
+    let mut sent = Vec::new();
     let mut responses = Vec::with_capacity(topics.len());
     for topic in topics {
         let entry = if by_id {
@@ -77,6 +122,7 @@ async fn read_all(
             ctx.catalog.by_name(topic.topic.as_str()).await
         };
         let mut partitions = Vec::with_capacity(topic.partitions.len());
+        let (mut topic_bytes, mut topic_records) = (0u64, 0u64);
         for p in &topic.partitions {
             let response = PartitionData::default()
                 .with_partition_index(p.partition)
@@ -119,6 +165,8 @@ async fn read_all(
             {
                 Ok((offsets, records)) => {
                     total += records.len() as u64;
+                    topic_bytes += records.len() as u64;
+                    topic_records += record_count(&records);
                     partitions.push(
                         response
                             .with_high_watermark(offsets.high_watermark)
@@ -132,6 +180,11 @@ async fn read_all(
             }
         }
         errors |= partitions.iter().any(|p| p.error_code != 0);
+        if topic_bytes > 0
+            && let Ok(Some(entry)) = &entry
+        {
+            sent.push((entry.topic.name.clone(), topic_bytes, topic_records));
+        }
         responses.push(
             FetchableTopicResponse::default()
                 .with_topic(topic.topic.clone())
@@ -144,8 +197,17 @@ async fn read_all(
         ReadSummary {
             bytes: total,
             errors,
+            sent,
         },
     )
+}
+
+/// Records in the batches read (their headers' counts).
+fn record_count(records: &[u8]) -> u64 {
+    batches(records)
+        .map_while(Result::ok)
+        .map(|(header, _)| header.records_count.max(0) as u64)
+        .sum()
 }
 
 async fn read_partition(

@@ -22,6 +22,7 @@ use crate::catalog::Catalog;
 use crate::config::AgentConfig;
 use crate::fleet::Fleet;
 use crate::groups::Groups;
+use crate::metrics::{self as m, Occupancy};
 use crate::reader::Reader;
 
 pub use produce::ProduceOrder;
@@ -102,6 +103,42 @@ pub fn decode_frame(frame: Bytes) -> Result<(), String> {
 /// `order` chains the produce requests of one connection (see [`ProduceOrder`]); other
 /// requests pass `None`.
 pub async fn handle(ctx: &Context, request: Request, order: Option<ProduceOrder>) -> Outcome {
+    let api = api_name(request.api_key);
+    let _in_flight = Occupancy::enter(metrics::gauge!(m::REQUESTS_IN_FLIGHT));
+    let start = std::time::Instant::now();
+    let (outcome, label) = match answer(ctx, request, order).await {
+        Ok((response, error)) => (Ok(response), if error { "error" } else { "ok" }),
+        Err(reason) => (Err(reason), "refused"),
+    };
+    metrics::histogram!(m::REQUEST_DURATION, "api" => api).record(start.elapsed().as_secs_f64());
+    metrics::counter!(m::REQUESTS, "api" => api, "outcome" => label).increment(1);
+    outcome
+}
+
+/// Counts a request refused before it could be handled (its connection is closed).
+pub fn count_refused(api_key: Option<ApiKey>) {
+    let api = api_key.map_or("unknown", api_name);
+    metrics::counter!(m::REQUESTS, "api" => api, "outcome" => "refused").increment(1);
+}
+
+/// The API's name as metrics label it: the protocol's own name (`Produce`, `Fetch`, ...),
+/// made once per API key.
+fn api_name(key: ApiKey) -> &'static str {
+    static NAMES: std::sync::OnceLock<std::collections::HashMap<i16, &'static str>> =
+        std::sync::OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        (0..i16::MAX)
+            .filter_map(|raw| ApiKey::try_from(raw).ok().map(|key| (raw, key)))
+            .map(|(raw, key)| (raw, &*String::leak(format!("{key:?}"))))
+            .collect()
+    });
+    names.get(&(key as i16)).copied().unwrap_or("unknown")
+}
+
+/// The response frame, and whether the answer carries a Kafka error code.
+type Answer = Result<(Option<Bytes>, bool), String>;
+
+async fn answer(ctx: &Context, request: Request, order: Option<ProduceOrder>) -> Answer {
     let Request {
         api_key,
         version,
@@ -113,7 +150,8 @@ pub async fn handle(ctx: &Context, request: Request, order: Option<ProduceOrder>
         // KIP-511: answer in v0 with UNSUPPORTED_VERSION and our ranges, so the client can
         // pick a version it shares with us.
         let response = api_versions::fallback();
-        return encode(api_key, 0, header.correlation_id, &response.into()).map(Some);
+        return encode(api_key, 0, header.correlation_id, &response.into())
+            .map(|frame| (Some(frame), true));
     }
     let decoded = RequestKind::decode(api_key, &mut body, version)
         .map_err(|e| format!("malformed {api_key:?} v{version} request: {e}"))?;
@@ -132,7 +170,7 @@ pub async fn handle(ctx: &Context, request: Request, order: Option<ProduceOrder>
             });
             match produce::handle(ctx, &request_ctx, r, order).await {
                 Some(response) => response.into(),
-                None => return Ok(None),
+                None => return Ok((None, false)),
             }
         }
         RequestKind::Fetch(r) => fetch::handle(ctx, &request_ctx, r).await.into(),
@@ -161,7 +199,58 @@ pub async fn handle(ctx: &Context, request: Request, order: Option<ProduceOrder>
             None => return Err(format!("{api_key:?} is not supported")),
         },
     };
-    encode(api_key, version, header.correlation_id, &response).map(Some)
+    let error = carries_error(&response);
+    encode(api_key, version, header.correlation_id, &response).map(|frame| (Some(frame), error))
+}
+
+/// Whether an answer carries a Kafka error code, at its top level or for any topic,
+/// partition or group in it.
+fn carries_error(response: &ResponseKind) -> bool {
+    fn any<T>(items: &[T], code: impl Fn(&T) -> bool) -> bool {
+        items.iter().any(code)
+    }
+    match response {
+        ResponseKind::Produce(r) => any(&r.responses, |t| {
+            any(&t.partition_responses, |p| p.error_code != 0)
+        }),
+        ResponseKind::Fetch(r) => {
+            r.error_code != 0 || any(&r.responses, |t| any(&t.partitions, |p| p.error_code != 0))
+        }
+        ResponseKind::ListOffsets(r) => {
+            any(&r.topics, |t| any(&t.partitions, |p| p.error_code != 0))
+        }
+        ResponseKind::Metadata(r) => any(&r.topics, |t| t.error_code != 0),
+        ResponseKind::ApiVersions(r) => r.error_code != 0,
+        ResponseKind::CreateTopics(r) => any(&r.topics, |t| t.error_code != 0),
+        ResponseKind::DeleteTopics(r) => any(&r.responses, |t| t.error_code != 0),
+        ResponseKind::CreatePartitions(r) => any(&r.results, |t| t.error_code != 0),
+        ResponseKind::DeleteRecords(r) => {
+            any(&r.topics, |t| any(&t.partitions, |p| p.error_code != 0))
+        }
+        ResponseKind::DescribeConfigs(r) => any(&r.results, |t| t.error_code != 0),
+        ResponseKind::AlterConfigs(r) => any(&r.responses, |t| t.error_code != 0),
+        ResponseKind::IncrementalAlterConfigs(r) => any(&r.responses, |t| t.error_code != 0),
+        ResponseKind::DescribeCluster(r) => r.error_code != 0,
+        ResponseKind::FindCoordinator(r) => {
+            r.error_code != 0 || any(&r.coordinators, |c| c.error_code != 0)
+        }
+        ResponseKind::JoinGroup(r) => r.error_code != 0,
+        ResponseKind::SyncGroup(r) => r.error_code != 0,
+        ResponseKind::Heartbeat(r) => r.error_code != 0,
+        ResponseKind::LeaveGroup(r) => r.error_code != 0 || any(&r.members, |m| m.error_code != 0),
+        ResponseKind::OffsetCommit(r) => {
+            any(&r.topics, |t| any(&t.partitions, |p| p.error_code != 0))
+        }
+        ResponseKind::OffsetFetch(r) => r.error_code != 0 || any(&r.groups, |g| g.error_code != 0),
+        ResponseKind::ListGroups(r) => r.error_code != 0,
+        ResponseKind::DescribeGroups(r) => any(&r.groups, |g| g.error_code != 0),
+        ResponseKind::DeleteGroups(r) => any(&r.results, |g| g.error_code != 0),
+        ResponseKind::OffsetDelete(r) => {
+            r.error_code != 0 || any(&r.topics, |t| any(&t.partitions, |p| p.error_code != 0))
+        }
+        // Unimplemented APIs answer with their API's error.
+        _ => true,
+    }
 }
 
 /// What handlers need to know about the request beyond its body.

@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::batcher::{Append, AppendError};
 use crate::catalog::TopicEntry;
+use crate::metrics as m;
 
 /// Answers a produce request; `None` for acks=0, which gets no response.
 ///
@@ -27,6 +28,10 @@ pub async fn handle(
 ) -> Option<ProduceResponse> {
     let acks = request.acks;
     let by_id = request_ctx.version >= 13;
+    // A draining agent sends producers elsewhere: NOT_LEADER_OR_FOLLOWER makes them refresh
+    // their metadata, which no longer lists this agent, and retry there. acks=0 producers
+    // read no answer, so their records are taken and flushed before the agent stops.
+    let moved = acks != 0 && ctx.fleet.redirect();
     let mut topics = Vec::with_capacity(request.topic_data.len());
     for topic_data in request.topic_data {
         let found = if by_id {
@@ -36,6 +41,7 @@ pub async fn handle(
         };
         let entry = match found {
             _ if !(-1..=1).contains(&acks) => Err(ResponseError::InvalidRequiredAcks.code()),
+            _ if moved => Err(ResponseError::NotLeaderOrFollower.code()),
             Ok(Some(entry)) => Ok(entry),
             Ok(None) if by_id => Err(ResponseError::UnknownTopicId.code()),
             Ok(None) => Err(ResponseError::UnknownTopicOrPartition.code()),
@@ -64,12 +70,16 @@ pub async fn handle(
         let mut pending = Vec::with_capacity(partitions.len());
         for (index, prepared) in partitions {
             let slot = match prepared {
-                Ok(prepared) => ctx
-                    .batcher
-                    .submit(prepared.append)
-                    .await
-                    .map(|receipt| (receipt, prepared.log_append_time))
-                    .map_err(append_error_code),
+                Ok(prepared) => {
+                    let volume = prepared.volume;
+                    let submitted = ctx.batcher.submit(prepared.append).await;
+                    if acks == 0 && submitted.is_ok() {
+                        volume.record();
+                    }
+                    submitted
+                        .map(|receipt| (receipt, prepared.log_append_time, volume))
+                        .map_err(append_error_code)
+                }
                 Err(code) => Err(code),
             };
             pending.push((index, slot));
@@ -86,10 +96,15 @@ pub async fn handle(
     for (name, topic_id, pending) in queued {
         let results = join_all(pending.into_iter().map(|(index, slot)| async move {
             let result = match slot {
-                Ok((receipt, log_append_time)) => receipt
-                    .await
-                    .map(|base| (base, log_append_time))
-                    .map_err(append_error_code),
+                Ok((receipt, log_append_time, volume)) => {
+                    let committed = receipt.await;
+                    if committed.is_ok() {
+                        volume.record();
+                    }
+                    committed
+                        .map(|base| (base, log_append_time))
+                        .map_err(append_error_code)
+                }
                 Err(code) => Err(code),
             };
             partition_response(index, result)
@@ -117,6 +132,22 @@ struct Prepared {
     append: Append,
     /// The time stamped into LogAppendTime batches, reported back to the producer.
     log_append_time: Option<i64>,
+    volume: Volume,
+}
+
+/// What one partition's append adds to the produce metrics once it is acknowledged.
+struct Volume {
+    topic: String,
+    bytes: u64,
+    records: u64,
+}
+
+impl Volume {
+    fn record(&self) {
+        let topic = self.topic.clone();
+        metrics::counter!(m::PRODUCE_BYTES, "topic" => topic.clone()).increment(self.bytes);
+        metrics::counter!(m::PRODUCE_RECORDS, "topic" => topic).increment(self.records);
+    }
 }
 
 /// Validates one partition's batches and shapes them for the batcher.
@@ -133,7 +164,13 @@ fn prepare(entry: &TopicEntry, partition: i32, records: Option<Bytes>) -> Result
     } else {
         (records, validated.max_timestamp, None)
     };
+    let volume = Volume {
+        topic: entry.topic.name.clone(),
+        bytes: batches.len() as u64,
+        records: validated.records.max(0) as u64,
+    };
     Ok(Prepared {
+        volume,
         append: Append {
             topic: entry.topic.id,
             partition,
