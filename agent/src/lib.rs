@@ -1,6 +1,7 @@
 //! The Shoal agent: a Kafka endpoint whose records live in immutable objects and whose
 //! order lives in a metadata sequencer.
 
+pub mod admin;
 mod agent;
 mod announce;
 mod api;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
+use shoal_agent::admin::AdminArgs;
 use shoal_agent::{Agent, AgentArgs, AgentConfig, CompactorArgs, StartError};
 use shoal_compactor::Compactor;
 use tracing_subscriber::EnvFilter;
@@ -50,6 +51,8 @@ enum Command {
     /// Run the compactor: merge small objects, apply retention, clean compacted topics,
     /// export Parquet, delete unreferenced objects.
     Compactor(CompactorArgs),
+    /// Manage topics, consumer groups and agents over the Kafka protocol.
+    Admin(AdminArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Agent(args) => runtime.block_on(run_agent(args.into())),
         Command::Compactor(args) => runtime.block_on(run_compactor(args)),
+        Command::Admin(args) => runtime.block_on(run_admin(args)),
     }
 }
 
@@ -135,6 +139,17 @@ async fn run_compactor(args: CompactorArgs) -> ExitCode {
     let _ = stop.send(true);
     running.abort();
     ExitCode::SUCCESS
+}
+
+/// Exit codes: 1 when the cluster refused, 2 when the command could not be carried out.
+async fn run_admin(args: AdminArgs) -> ExitCode {
+    match shoal_agent::admin::run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shoal admin: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 async fn run_agent(config: AgentConfig) -> ExitCode {

@@ -321,6 +321,7 @@ fn registration(zone: &str, port: i32) -> AgentRegistration {
 
 async fn agents(store: &dyn MetadataStore) {
     let long = Duration::from_secs(60);
+    let registered_after = crate::sqlite::now_ms();
     let a = store
         .register_agent(&registration("zone-a", 9001), long)
         .await
@@ -335,10 +336,25 @@ async fn agents(store: &dyn MetadataStore) {
     assert!(ids.contains(&a) && ids.contains(&b), "{live:?}");
     assert!(ids.is_sorted(), "listed by id: {ids:?}");
     let listed_b = live.iter().find(|agent| agent.id == b).unwrap();
+    let first_a = live
+        .iter()
+        .find(|agent| agent.id == a)
+        .unwrap()
+        .last_heartbeat_ms;
     assert_eq!(
         (listed_b.zone.as_deref(), listed_b.port),
         (Some("zone-b"), 9002)
     );
+    // The sequencer's clock may be another machine's: allow it some skew.
+    let skew = 5_000;
+    let registered_before = crate::sqlite::now_ms();
+    for agent in &live {
+        assert!(
+            (registered_after - skew..=registered_before + skew).contains(&agent.last_heartbeat_ms),
+            "heartbeat at registration: {agent:?}, registered within \
+             {registered_after}..={registered_before}"
+        );
+    }
 
     // A lease that lapses takes the agent out of the list; renewing brings it back.
     store
@@ -363,6 +379,15 @@ async fn agents(store: &dyn MetadataStore) {
     assert_eq!(
         (renewed.zone.as_deref(), renewed.port),
         (Some("zone-c"), 9003)
+    );
+    assert!(
+        renewed.last_heartbeat_ms > listed_b.last_heartbeat_ms,
+        "a renewal is a heartbeat: {listed_b:?} then {renewed:?}"
+    );
+    let not_renewed = live.iter().find(|agent| agent.id == a).unwrap();
+    assert_eq!(
+        not_renewed.last_heartbeat_ms, first_a,
+        "no renewal, no new heartbeat"
     );
 
     // A renewal after the row is gone (deregistered, or cleaned up) puts it back.

@@ -500,8 +500,8 @@ impl MetadataStore for PostgresStore {
         .execute(&self.pool)
         .await?;
         Ok(sqlx::query(concat!(
-            "INSERT INTO agents (zone, host, port, registered_at_ms, expires_at_ms) ",
-            "SELECT $1, $2, $3, now_ms, now_ms + $4 FROM (SELECT ",
+            "INSERT INTO agents (zone, host, port, registered_at_ms, renewed_at_ms, ",
+            "expires_at_ms) SELECT $1, $2, $3, now_ms, now_ms, now_ms + $4 FROM (SELECT ",
             db_now_ms!(),
             " AS now_ms) t RETURNING id"
         ))
@@ -516,11 +516,12 @@ impl MetadataStore for PostgresStore {
 
     async fn renew_agent(&self, id: i32, agent: &AgentRegistration, ttl: Duration) -> Result<()> {
         sqlx::query(concat!(
-            "INSERT INTO agents (id, zone, host, port, registered_at_ms, expires_at_ms) ",
-            "SELECT $1, $2, $3, $4, now_ms, now_ms + $5 FROM (SELECT ",
+            "INSERT INTO agents (id, zone, host, port, registered_at_ms, renewed_at_ms, ",
+            "expires_at_ms) SELECT $1, $2, $3, $4, now_ms, now_ms, now_ms + $5 FROM (SELECT ",
             db_now_ms!(),
             " AS now_ms) t ON CONFLICT (id) DO UPDATE SET zone = excluded.zone, ",
-            "host = excluded.host, port = excluded.port, expires_at_ms = excluded.expires_at_ms"
+            "host = excluded.host, port = excluded.port, ",
+            "renewed_at_ms = excluded.renewed_at_ms, expires_at_ms = excluded.expires_at_ms"
         ))
         .bind(id)
         .bind(&agent.zone)
@@ -542,7 +543,7 @@ impl MetadataStore for PostgresStore {
 
     async fn live_agents(&self) -> Result<Vec<AgentInfo>> {
         sqlx::query(concat!(
-            "SELECT id, zone, host, port FROM agents WHERE expires_at_ms > ",
+            "SELECT id, zone, host, port, renewed_at_ms FROM agents WHERE expires_at_ms > ",
             db_now_ms!(),
             " ORDER BY id"
         ))
@@ -555,6 +556,7 @@ impl MetadataStore for PostgresStore {
                 zone: row.try_get("zone")?,
                 host: row.try_get("host")?,
                 port: row.try_get("port")?,
+                last_heartbeat_ms: row.try_get("renewed_at_ms")?,
             })
         })
         .collect()

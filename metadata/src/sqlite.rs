@@ -466,12 +466,13 @@ impl MetadataStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
         let id: i32 = sqlx::query(
-            "INSERT INTO agents (zone, host, port, registered_at_ms, expires_at_ms) \
-             VALUES (?, ?, ?, ?, ?) RETURNING id",
+            "INSERT INTO agents (zone, host, port, registered_at_ms, renewed_at_ms, \
+             expires_at_ms) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(&agent.zone)
         .bind(&agent.host)
         .bind(agent.port)
+        .bind(now)
         .bind(now)
         .bind(now + ttl_ms(ttl))
         .fetch_one(&mut *tx)
@@ -484,14 +485,16 @@ impl MetadataStore for SqliteStore {
     async fn renew_agent(&self, id: i32, agent: &AgentRegistration, ttl: Duration) -> Result<()> {
         let now = now_ms();
         sqlx::query(
-            "INSERT INTO agents (id, zone, host, port, registered_at_ms, expires_at_ms) \
-             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET zone = excluded.zone, \
-             host = excluded.host, port = excluded.port, expires_at_ms = excluded.expires_at_ms",
+            "INSERT INTO agents (id, zone, host, port, registered_at_ms, renewed_at_ms, \
+             expires_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET \
+             zone = excluded.zone, host = excluded.host, port = excluded.port, \
+             renewed_at_ms = excluded.renewed_at_ms, expires_at_ms = excluded.expires_at_ms",
         )
         .bind(id)
         .bind(&agent.zone)
         .bind(&agent.host)
         .bind(agent.port)
+        .bind(now)
         .bind(now)
         .bind(now + ttl_ms(ttl))
         .execute(&self.pool)
@@ -508,20 +511,24 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn live_agents(&self) -> Result<Vec<AgentInfo>> {
-        sqlx::query("SELECT id, zone, host, port FROM agents WHERE expires_at_ms > ? ORDER BY id")
-            .bind(now_ms())
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|row| {
-                Ok(AgentInfo {
-                    id: row.try_get("id")?,
-                    zone: row.try_get("zone")?,
-                    host: row.try_get("host")?,
-                    port: row.try_get("port")?,
-                })
+        sqlx::query(
+            "SELECT id, zone, host, port, renewed_at_ms FROM agents WHERE expires_at_ms > ? \
+             ORDER BY id",
+        )
+        .bind(now_ms())
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(AgentInfo {
+                id: row.try_get("id")?,
+                zone: row.try_get("zone")?,
+                host: row.try_get("host")?,
+                port: row.try_get("port")?,
+                last_heartbeat_ms: row.try_get("renewed_at_ms")?,
             })
-            .collect()
+        })
+        .collect()
     }
 
     async fn reserve_uploads(&self, agent: i32, object_ids: &[String]) -> Result<()> {

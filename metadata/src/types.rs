@@ -140,6 +140,9 @@ pub struct AgentInfo {
     pub zone: Option<String>,
     pub host: String,
     pub port: i32,
+    /// When the agent last registered or renewed its lease (ms since the epoch, sequencer
+    /// clock).
+    pub last_heartbeat_ms: i64,
 }
 
 /// An object key reserved for an upload that has not been committed (yet).
