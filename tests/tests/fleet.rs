@@ -1,7 +1,8 @@
 //! A fleet of real `shoal agent` processes in two zones sharing one PostgreSQL sequencer and
 //! one S3 endpoint: zone-aware Metadata, records produced in one zone and read in the other,
 //! what an agent killed with SIGKILL, a rolling restart or a PostgreSQL restart leave, and a
-//! consumer group whose members come and go and whose coordinator is killed.
+//! consumer group whose members come and go and whose coordinator is killed, and an agent
+//! draining on SIGTERM while a producer writes through it.
 
 mod common;
 
@@ -638,4 +639,69 @@ async fn consumer_group_outlives_its_members_and_its_coordinator() {
     }
     let read_after = m1.reported().records.len() + m2.reported().records.len();
     assert!(read_after > read_before, "the members stopped reading");
+}
+
+/// `/readyz` of an agent: `None` once nothing listens there any more.
+async fn readiness(addr: std::net::SocketAddr) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    tokio::time::timeout(TIMEOUT, stream.read_to_string(&mut response))
+        .await
+        .ok()?
+        .ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_drains_readiness_off_clients_moved_nothing_lost() {
+    let Some(fleet) = Fleet::start().await else {
+        return;
+    };
+    let mut a1 = fleet.agent("zone-a");
+    let a2 = fleet.agent("zone-a");
+    const TOPIC: &str = "draining";
+    create_topic(&a1.bootstrap(), TOPIC, 8, &[]).await;
+    wait_for_fleet(&[&a1, &a2], TOPIC).await;
+    let http = a1.http_addr();
+    assert_eq!(readiness(http).await, Some((200, "ready\n".to_string())));
+
+    // The producer knows only the agent that is about to stop: it must be moved by what that
+    // agent answers, not by a second bootstrap address.
+    let producer = producer(
+        &a1.bootstrap(),
+        &[("message.timeout.ms", "60000"), ("linger.ms", "5")],
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let load = tokio::spawn(produce_until(producer, TOPIC, 8, stopped));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    a1.sigterm();
+    let mut draining = None;
+    while let Some((status, body)) = readiness(http).await {
+        if status == 503 {
+            draining = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let draining = draining.expect("readiness turned off before the agent exited");
+    assert!(draining.contains("draining"), "{draining}");
+    assert_eq!(blocking(|| a1.wait()), Some(0), "a clean stop");
+    assert!(a1.logged(&["draining"]), "the drain is logged");
+    // The producer goes on through the other agent.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.send_replace(true);
+    let reports = load.await.expect("producer task");
+    let failed: Vec<_> = reports.iter().filter(|(_, r)| r.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} records not delivered: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    check_acknowledged(&a2.bootstrap(), TOPIC, 8, &reports).await;
 }
