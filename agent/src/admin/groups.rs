@@ -255,8 +255,8 @@ fn decode_assignment(mut bytes: Bytes) -> Vec<Assigned> {
     }
 }
 
-/// Every committed offset of the group (OffsetFetch with no topics named), or the error
-/// code the coordinator answered.
+/// Every committed offset of the group (OffsetFetch with null topics; the codec's default
+/// is an empty list, which asks for none), or the error code the coordinator answered.
 async fn committed_offsets(
     client: &mut Client,
     addr: &str,
@@ -266,10 +266,14 @@ async fn committed_offsets(
         .send(Some(addr), 2..=9, |version| {
             if version >= 8 {
                 OffsetFetchRequest::default().with_groups(vec![
-                    OffsetFetchRequestGroup::default().with_group_id(GroupId(str_bytes(group))),
+                    OffsetFetchRequestGroup::default()
+                        .with_group_id(GroupId(str_bytes(group)))
+                        .with_topics(None),
                 ])
             } else {
-                OffsetFetchRequest::default().with_group_id(GroupId(str_bytes(group)))
+                OffsetFetchRequest::default()
+                    .with_group_id(GroupId(str_bytes(group)))
+                    .with_topics(None)
             }
         })
         .await?;
