@@ -812,3 +812,70 @@ async fn unreachable_agents_and_bad_arguments_exit_2() {
     admin_fails("127.0.0.1:1", &["topics", "alter-config", "t"], 2);
     admin_fails("127.0.0.1:1", &["--output", "yaml", "topics", "list"], 2);
 }
+
+/// A listener on loopback that answers every connection with `answer` (after reading the
+/// request's size prefix), or closes it at once when `answer` is `None`.
+async fn fake_agent(answer: Option<&'static [u8]>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Some(answer) = answer else {
+                    return;
+                };
+                let mut size = [0u8; 4];
+                if stream.read_exact(&mut size).await.is_ok() {
+                    let _ = stream.write_all(answer).await;
+                }
+                // Holds the connection open so a silent server stays silent.
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_answers_are_errors_not_panics() {
+    // A frame of 6 bytes: correlation id 1, then a body too short to be ApiVersions.
+    let garbage = fake_agent(Some(&[0, 0, 0, 6, 0, 0, 0, 1, 0xff, 0xff])).await;
+    let stderr = admin_fails(&garbage, &["topics", "list"], 1);
+    assert!(
+        stderr.starts_with(&format!(
+            "shoal admin: {garbage} sent an unreadable ApiVersions"
+        )),
+        "{stderr}"
+    );
+    // A size prefix claiming 2 GiB.
+    let huge = fake_agent(Some(&[0x7f, 0xff, 0xff, 0xff])).await;
+    let stderr = admin_fails(&huge, &["topics", "list"], 1);
+    assert!(
+        stderr.contains("answer frame of 2147483647 bytes"),
+        "{stderr}"
+    );
+    let closing = fake_agent(None).await;
+    let stderr = admin_fails(&closing, &["groups", "list"], 2);
+    assert!(
+        stderr.contains(&format!(
+            "connection to {closing} failed during ApiVersions"
+        )),
+        "{stderr}"
+    );
+    let silent = fake_agent(Some(b"")).await;
+    let run = blocking(|| {
+        Command::new(shoal_binary())
+            .args(["admin", "--bootstrap", &silent, "--timeout", "500ms"])
+            .args(["agents", "list"])
+            .output()
+            .expect("shoal admin runs")
+    });
+    assert_eq!(run.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains(&format!("{silent} did not answer ApiVersions within 500ms")),
+        "{stderr}"
+    );
+}

@@ -2,6 +2,7 @@
 //! and for every request the highest version both sides speak.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
@@ -71,12 +72,9 @@ impl Client {
         build: impl FnOnce(i16) -> R,
     ) -> Result<(i16, R::Response), AdminError> {
         let addr = addr.unwrap_or(&self.bootstrap).to_string();
-        if !self.connections.contains_key(&addr) {
-            let connection = Connection::open(&addr, self.timeout).await?;
-            self.connections.insert(addr.clone(), connection);
-        }
-        let Some(connection) = self.connections.get_mut(&addr) else {
-            unreachable!("the connection was just inserted");
+        let connection = match self.connections.entry(addr.clone()) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => entry.insert(Connection::open(&addr, self.timeout).await?),
         };
         let key = api_key::<R>();
         let version = connection.version(key, supported)?;
@@ -133,7 +131,10 @@ impl Connection {
             next_correlation: 1,
         };
         let response = connection.api_versions().await?;
-        if let Some(error) = ResponseError::try_from_code(response.error_code) {
+        // UNSUPPORTED_VERSION still carries the broker's real ranges (KIP-511).
+        let error = ResponseError::try_from_code(response.error_code)
+            .filter(|e| *e != ResponseError::UnsupportedVersion);
+        if let Some(error) = error {
             return Err(AdminError::BadAnswer {
                 addr: addr.to_string(),
                 api: ApiKey::ApiVersions,
@@ -241,6 +242,10 @@ impl Connection {
         };
         let mut answer = match tokio::time::timeout(self.timeout, exchange).await {
             Ok(Ok(answer)) => answer,
+            // Only the size check above makes InvalidData: the answer, not the link, is bad.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(self.bad(key, e));
+            }
             Ok(Err(e)) => {
                 return Err(AdminError::Io {
                     addr: self.addr.clone(),
