@@ -678,6 +678,25 @@ async fn sigterm_drains_readiness_off_clients_moved_nothing_lost() {
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let load = tokio::spawn(produce_until(producer, TOPIC, 8, stopped));
+    // So is a consumer tailing every partition: fetches must move too.
+    let tailer = consumer(&a1.bootstrap(), &[]);
+    let start: Vec<_> = (0..8).map(|p| (p, Offset::Beginning)).collect();
+    assign(&tailer, TOPIC, &start);
+    let tailed = Arc::new(parking_lot::Mutex::new(BTreeSet::new()));
+    let tail = tokio::spawn({
+        let tailed = tailed.clone();
+        async move {
+            loop {
+                match tailer.recv().await {
+                    Ok(m) => {
+                        let c = to_consumed(&m);
+                        tailed.lock().insert((c.partition, c.offset));
+                    }
+                    Err(e) => panic!("the tailing consumer failed: {e}"),
+                }
+            }
+        }
+    });
     tokio::time::sleep(Duration::from_secs(1)).await;
     a1.sigterm();
     let mut draining = None;
@@ -703,5 +722,24 @@ async fn sigterm_drains_readiness_off_clients_moved_nothing_lost() {
         failed.len(),
         failed.first()
     );
+    // The tailing consumer reads every record, those written after its agent left included.
+    let acknowledged: BTreeSet<(i32, i64)> = reports
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok().map(|d| (d.partition, d.offset)))
+        .collect();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let missing = acknowledged.difference(&tailed.lock()).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tailing consumer misses {missing} of {} records",
+            acknowledged.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tail.abort();
     check_acknowledged(&a2.bootstrap(), TOPIC, 8, &reports).await;
 }
