@@ -698,6 +698,7 @@ async fn sigterm_drains_readiness_off_clients_moved_nothing_lost() {
         }
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let signalled = std::time::Instant::now();
     a1.sigterm();
     let mut draining = None;
     while let Some((status, body)) = readiness(http).await {
@@ -710,6 +711,7 @@ async fn sigterm_drains_readiness_off_clients_moved_nothing_lost() {
     let draining = draining.expect("readiness turned off before the agent exited");
     assert!(draining.contains("draining"), "{draining}");
     assert_eq!(blocking(|| a1.wait()), Some(0), "a clean stop");
+    eprintln!("SIGTERM to exit: {:?}", signalled.elapsed());
     assert!(a1.logged(&["draining"]), "the drain is logged");
     // The producer goes on through the other agent.
     tokio::time::sleep(Duration::from_secs(2)).await;
