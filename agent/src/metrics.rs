@@ -39,7 +39,8 @@ pub const FLUSH_BACKLOG_BYTES: &str = "shoal_flush_backlog_bytes";
 pub const COMMIT_DURATION: &str = "shoal_sequencer_commit_duration_seconds";
 /// Sequencer commits by `outcome` (ok, retried, failed).
 pub const COMMITS: &str = "shoal_sequencer_commits_total";
-/// Chunk reads by `result` (hit, miss) in the read cache.
+/// Chunk reads by `result` (hit, miss, joined: waited for another reader's GET) in the read
+/// cache.
 pub const CACHE_REQUESTS: &str = "shoal_cache_requests_total";
 /// Bytes the read cache holds.
 pub const CACHE_BYTES: &str = "shoal_cache_bytes";
@@ -138,7 +139,7 @@ fn describe() {
     );
     describe_counter!(
         CACHE_REQUESTS,
-        "Chunk reads from the read cache by result (hit, miss: read from the object store)."
+        "Chunk reads from the read cache by result (hit; miss: read from the object store; joined: waited for another reader's GET of the same chunk)."
     );
     describe_gauge!(CACHE_BYTES, "Bytes held by the read cache.");
     describe_gauge!(CONNECTIONS, "Open Kafka client connections.");

@@ -2,12 +2,15 @@
 //! reads them through the chunk cache (then the object store), and cuts them to the batches
 //! a fetch asked for, with their committed base offsets in place.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
 use shoal_metadata::{BatchIndexEntry, MetadataError, MetadataStore, PartitionOffsets, TopicId};
 use shoal_storage::batch::{BatchError, BatchHeader, batches, patch_base_offsets};
 use shoal_storage::{ChunkCache, ObjectStorage, StorageError};
+use tokio::sync::OnceCell;
 
 use crate::index::RecentIndex;
 use crate::metrics as m;
@@ -33,7 +36,13 @@ pub struct Reader {
     index: Arc<RecentIndex>,
     storage: Arc<ObjectStorage>,
     cache: Arc<ChunkCache>,
+    /// Chunks being read from the object store, so concurrent misses of one chunk (consumers
+    /// catching up together) share one GET.
+    loading: Arc<Mutex<HashMap<ChunkKey, Arc<OnceCell<Bytes>>>>>,
 }
+
+/// A chunk: its object and byte position.
+type ChunkKey = (String, u64);
 
 impl Reader {
     pub fn new(
@@ -47,6 +56,7 @@ impl Reader {
             index,
             storage,
             cache,
+            loading: Arc::default(),
         }
     }
 
@@ -156,6 +166,34 @@ impl Reader {
     /// One batch index row's chunk, offsets patched: from the cache, or read once from the
     /// object store and cached (committed offsets never change).
     pub async fn chunk(&self, entry: &BatchIndexEntry) -> Result<Bytes, ReadError> {
+        if let Some(data) = self.cache.get(&entry.object_id, entry.position) {
+            metrics::counter!(m::CACHE_REQUESTS, "result" => "hit").increment(1);
+            return Ok(data);
+        }
+        let key = (entry.object_id.clone(), entry.position);
+        let cell = self.loading.lock().entry(key.clone()).or_default().clone();
+        let mut loaded_here = false;
+        let result = cell
+            .get_or_try_init(|| {
+                loaded_here = true;
+                self.load(entry)
+            })
+            .await
+            .cloned();
+        if !loaded_here {
+            metrics::counter!(m::CACHE_REQUESTS, "result" => "joined").increment(1);
+        }
+        // Done (or failed: the next reader tries again): later readers find the cache.
+        let mut loading = self.loading.lock();
+        if loading.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            loading.remove(&key);
+        }
+        result
+    }
+
+    /// Reads a chunk from the object store into the cache, unless a read that finished
+    /// since the caller's miss put it there.
+    async fn load(&self, entry: &BatchIndexEntry) -> Result<Bytes, ReadError> {
         if let Some(data) = self.cache.get(&entry.object_id, entry.position) {
             metrics::counter!(m::CACHE_REQUESTS, "result" => "hit").increment(1);
             return Ok(data);

@@ -165,3 +165,37 @@ async fn hedged_puts_keep_one_object_per_key() {
     assert_same_records("hedged", &records, Some(&deliveries), &consumed);
     agent.stop().await;
 }
+
+/// Consumers catching up on the same data together share the object-store reads: each
+/// chunk missing from the cache is fetched once however many consumers want it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_catch_up_reads_share_gets() {
+    let s3 = TestS3::start().await;
+    s3.set_latency(Duration::from_millis(20));
+    let agent = agent_on(&s3, "shared").await;
+    let bootstrap = agent.bootstrap();
+    create_topic(&bootstrap, "shared", 2, &[]).await;
+    let records = make_records("shared", 2_000, 2);
+    let deliveries = send_all(&producer(&bootstrap, &[]), "shared", &records).await;
+
+    // One consumer after a restart (an empty cache): the GETs one catch-up read costs.
+    let agent = agent.restart().await;
+    let before = s3.gets();
+    consume_from_start(&bootstrap, "shared", &[0, 1], records.len()).await;
+    let alone = s3.gets() - before;
+    assert!(alone > 0, "a cold read goes to the object store");
+
+    // Six at once after another restart: no more GETs than one.
+    let agent = agent.restart().await;
+    let before = s3.gets();
+    let readers = (0..6).map(|_| consume_from_start(&bootstrap, "shared", &[0, 1], records.len()));
+    for consumed in join_all(readers).await {
+        assert_same_records("shared", &records, Some(&deliveries), &consumed);
+    }
+    let together = s3.gets() - before;
+    assert!(
+        together <= alone,
+        "6 readers made {together} GETs, one made {alone}"
+    );
+    agent.stop().await;
+}
